@@ -1,0 +1,172 @@
+"""Raw-audio validation, int->float scaling, downmix and resampling.
+
+Everything that can be wrong with a waveform is caught here, before any STFT,
+with a message that says what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import soxr
+import torch
+
+log = logging.getLogger(__name__)
+
+# Full-scale values used to map integer PCM to [-1, 1].
+INT_FULL_SCALE: dict[np.dtype, float] = {
+    np.dtype(np.int16): float(2**15),  # 32768
+    np.dtype(np.int32): float(2**31),  # 2147483648
+}
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+SUPPORTED_DTYPES = FLOAT_DTYPES + tuple(INT_FULL_SCALE)
+# Highest sample rate we accept: 768 kHz is the top rate of professional converters.
+MAX_SAMPLE_RATE = 768_000
+
+ResamplePolicy = Literal["resample", "raise"]
+ChannelPolicy = Literal["average", "raise"]
+
+_logged_once: set[str] = set()
+
+
+def log_once(key: str, message: str) -> None:
+    """Log ``message`` at INFO the first time ``key`` is seen in this process."""
+    if key not in _logged_once:
+        _logged_once.add(key)
+        log.info(message)
+
+
+@dataclass(frozen=True)
+class AudioPolicy:
+    """What ``prepare_waveform`` does with input that is not already model-ready.
+
+    resample: "resample" (soxr, logged once) or "raise" when the rate differs.
+    multichannel: "average" (downmix to mono, logged once) or "raise" when C > 1.
+    max_duration_s: raise for clips longer than this (None: no limit).
+    normalize: zero-mean/unit-variance the waveform (Qwen's processor does not).
+    """
+
+    resample: ResamplePolicy = "resample"
+    multichannel: ChannelPolicy = "average"
+    max_duration_s: float | None = None
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.resample not in ("resample", "raise"):
+            raise ValueError(f"resample policy must be 'resample' or 'raise', got {self.resample!r}")
+        if self.multichannel not in ("average", "raise"):
+            raise ValueError(f"multichannel policy must be 'average' or 'raise', got {self.multichannel!r}")
+        if self.max_duration_s is not None and not self.max_duration_s > 0:
+            raise ValueError(f"max_duration_s must be > 0 or None, got {self.max_duration_s!r}")
+
+
+def check_sample_rate(sr: Any) -> int:
+    """Return ``sr`` as a Python int, or raise if it is not a positive integer rate."""
+    if isinstance(sr, (bool, np.bool_)) or not isinstance(sr, (int, np.integer)):
+        raise TypeError(
+            f"sample rate must be a positive integer (Hz), got {sr!r} ({type(sr).__name__}); "
+            "pass e.g. int(sr) if your loader returns a float"
+        )
+    sr = int(sr)
+    if sr <= 0 or sr > MAX_SAMPLE_RATE:
+        raise ValueError(f"sample rate must be in 1..{MAX_SAMPLE_RATE} Hz, got {sr}")
+    return sr
+
+
+def as_numpy(wav: Any) -> np.ndarray:
+    """Accept a numpy array or a torch tensor (any device); anything else is a TypeError."""
+    if isinstance(wav, torch.Tensor):
+        if wav.is_complex():
+            raise TypeError(f"wav must be real-valued audio, got a complex tensor of dtype {wav.dtype}")
+        if wav.dtype == torch.bfloat16 or wav.dtype == torch.float16:
+            wav = wav.float()
+        return wav.detach().cpu().numpy()
+    if isinstance(wav, np.ndarray):
+        return wav
+    raise TypeError(
+        f"wav must be a numpy array or torch tensor of shape [C, N] or [N], got {type(wav).__name__}"
+    )
+
+
+def check_waveform(wav: np.ndarray) -> np.ndarray:
+    """Validate dtype, rank and channel axis; return a ``[C, N]`` view of ``wav``."""
+    if wav.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        raise TypeError(f"wav dtype {wav.dtype} is not supported; use one of: {names}")
+    if wav.ndim == 1:
+        wav = wav[None, :]
+    elif wav.ndim != 2:
+        raise ValueError(
+            f"wav must have shape [C, N] (channels, samples) or [N], got {wav.ndim}-D shape {tuple(wav.shape)}"
+        )
+    channels, num_samples = wav.shape
+    if num_samples == 0 or channels == 0:
+        raise ValueError(f"wav is empty (shape {tuple(wav.shape)}); drop empty clips before preprocessing")
+    if channels > num_samples:
+        raise ValueError(
+            f"wav has shape {tuple(wav.shape)}, read as {channels} channels of {num_samples} samples; "
+            "it looks like [N, C] (samples, channels): pass wav.T"
+        )
+    return wav
+
+
+def to_float_mono(wav: np.ndarray, policy: AudioPolicy) -> np.ndarray:
+    """``[C, N]`` int/float -> ``[N]`` float32 in [-1, 1] (ints scaled), downmixed per policy."""
+    if wav.dtype in INT_FULL_SCALE:
+        wav = wav.astype(np.float32) / INT_FULL_SCALE[wav.dtype]
+    channels = wav.shape[0]
+    if channels > 1:
+        if policy.multichannel == "raise":
+            raise ValueError(f"wav has {channels} channels; pass mono audio or set multichannel='average'")
+        log_once(f"downmix-{channels}", f"averaging {channels} channels to mono")
+        wav = wav.mean(axis=0, dtype=np.float64)
+    else:
+        wav = wav[0]
+    wav = np.asarray(wav, dtype=np.float32)
+    if not np.isfinite(wav).all():
+        bad = np.flatnonzero(~np.isfinite(wav))
+        raise ValueError(
+            f"wav holds {bad.size} NaN/Inf samples (first at index {int(bad[0])}); "
+            "clean or drop the clip before preprocessing"
+        )
+    return wav
+
+
+def resample(wav: np.ndarray, sr: int, target_sr: int, policy: AudioPolicy) -> np.ndarray:
+    """Resample a mono float32 clip to ``target_sr`` with soxr (or raise, per policy)."""
+    if sr == target_sr:
+        return wav
+    if policy.resample == "raise":
+        raise ValueError(
+            f"audio is {sr} Hz but the encoder expects {target_sr} Hz; resample it or set resample='resample'"
+        )
+    log_once(f"resample-{sr}-{target_sr}", f"resampling {sr} Hz -> {target_sr} Hz with soxr")
+    return soxr.resample(wav, sr, target_sr).astype(np.float32, copy=False)
+
+
+def normalize(wav: np.ndarray) -> np.ndarray:
+    """Zero-mean, unit-variance, as ``WhisperFeatureExtractor(do_normalize=True)`` does."""
+    variance_floor = 1e-7  # the extractor's epsilon
+    return ((wav - wav.mean()) / np.sqrt(wav.var() + variance_floor)).astype(np.float32)
+
+
+def prepare_waveform(wav: Any, sr: Any, target_sr: int, policy: AudioPolicy = AudioPolicy()) -> np.ndarray:
+    """Turn raw input ``(wav[C, N] or [N], sr)`` into mono float32 at ``target_sr``.
+
+    Raises TypeError/ValueError (with the fix) for unsupported dtypes, bad ranks,
+    ``[N, C]`` layouts, empty clips, NaN/Inf, bad sample rates and over-long clips.
+    """
+    sr = check_sample_rate(sr)
+    wav = check_waveform(as_numpy(wav))
+    if policy.max_duration_s is not None and wav.shape[1] / sr > policy.max_duration_s:
+        raise ValueError(
+            f"clip is {wav.shape[1] / sr:.1f} s, longer than max_duration_s={policy.max_duration_s}; "
+            "split it or raise the limit"
+        )
+    mono = resample(to_float_mono(wav, policy), sr, target_sr, policy)
+    if mono.size == 0:
+        raise ValueError(f"clip of {wav.shape[1]} samples at {sr} Hz is empty after resampling to {target_sr} Hz")
+    return normalize(mono) if policy.normalize else mono

@@ -1,0 +1,230 @@
+"""Find a checkpoint and load ONLY its audio encoder.
+
+A tag is a local directory, the name of a shipped card, or a hub id. Weights
+come from safetensors only: the index (``model.safetensors.index.json``) says
+which shards hold the encoder's keys, and only those shards are opened (or
+downloaded). The whole omni model is never built. Key checks are strict: a
+missing or unexpected key is an error, never a silently random weight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+from safetensors import safe_open
+from transformers import PreTrainedModel
+from transformers.initialization import no_init_weights
+
+from contaudio.encoders.cards import all_cards, find_card
+from contaudio.encoders.registry import EncoderFamily, family_for_model_type, get_family
+from contaudio.features import FeatureConfig
+
+log = logging.getLogger(__name__)
+
+WeightsMode = Literal["pretrained", "random"]
+WEIGHTS_MODES = ("pretrained", "random")
+CONFIG_FILE = "config.json"
+FEATURES_FILE = "preprocessor_config.json"
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+OFFLINE_HINT = "to run offline with random weights, pass weights='random' (CLI: --weights random)"
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No reachable config or weights for a tag; the message says where we looked."""
+
+
+class CheckpointFiles:
+    """Files of a checkpoint, from a local directory or the HF hub/cache."""
+
+    def __init__(self, tag: str, repo_id: str | None = None, revision: str | None = None) -> None:
+        self.tag = tag
+        self.repo_id = repo_id
+        self.revision = revision
+        self.local_dir = None if repo_id else Path(tag)
+
+    def where(self) -> str:
+        if self.local_dir is not None:
+            return f"local directory {self.local_dir}"
+        return f"hub repo {self.repo_id} (HF cache: {hub_constants.HF_HUB_CACHE})"
+
+    def get(self, filename: str, *, required: bool) -> str | None:
+        """Local path of ``filename`` (downloading it if needed and allowed), or None if absent."""
+        if self.local_dir is not None:
+            path = self.local_dir / filename
+            if path.is_file():
+                return str(path)
+            if required:
+                raise WeightsNotFoundError(f"{self.where()} has no {filename}; {OFFLINE_HINT}")
+            return None
+        return self._get_from_hub(filename, required=required)
+
+    def _get_from_hub(self, filename: str, *, required: bool) -> str | None:
+        kwargs = {"repo_id": self.repo_id, "filename": filename, "revision": self.revision}
+        try:
+            return hf_hub_download(**kwargs, local_files_only=True)
+        except (LocalEntryNotFoundError, EntryNotFoundError, FileNotFoundError):
+            pass
+        if hub_constants.HF_HUB_OFFLINE:
+            if not required:
+                return None
+            raise WeightsNotFoundError(
+                f"{filename} of {self.repo_id!r} is not in the HF cache ({hub_constants.HF_HUB_CACHE}) and "
+                f"HF_HUB_OFFLINE is set, so the hub was not asked. Download it where there is a network "
+                f"(hf download {self.repo_id}), pass a local directory, or {OFFLINE_HINT}"
+            )
+        try:
+            return hf_hub_download(**kwargs)
+        except EntryNotFoundError:
+            if required:
+                raise WeightsNotFoundError(f"hub repo {self.repo_id} has no {filename}") from None
+            return None
+        except Exception as err:  # network errors come in many types
+            if not required:
+                log.warning("could not fetch %s from %s (%s); continuing without it", filename, self.repo_id, err)
+                return None
+            raise WeightsNotFoundError(
+                f"could not get {filename} for {self.tag!r}: it is not a local directory, not in the HF cache "
+                f"({hub_constants.HF_HUB_CACHE}), and the hub could not be reached ({type(err).__name__}: {err}). "
+                f"Set HF_HUB_OFFLINE=1 to fail fast, pass a local directory, or {OFFLINE_HINT}"
+            ) from err
+
+
+@dataclass(frozen=True)
+class EncoderSource:
+    """Everything needed to build an encoder, before any weights are read."""
+
+    tag: str
+    family: EncoderFamily
+    encoder_config: dict[str, Any]
+    features: FeatureConfig
+    files: CheckpointFiles | None  # None: build from a card (random weights only)
+
+    def describe(self) -> str:
+        return self.files.where() if self.files else f"shipped card {self.tag!r}"
+
+
+def resolve(tag: str, weights: WeightsMode, revision: str | None = None) -> EncoderSource:
+    """Work out family, encoder config and feature config for ``tag``."""
+    if weights not in WEIGHTS_MODES:
+        raise ValueError(f"weights must be one of {WEIGHTS_MODES}, got {weights!r}")
+    if os.path.isdir(tag):
+        return _from_files(tag, CheckpointFiles(tag))
+    card = find_card(tag)
+    if card is not None and weights == "random":
+        family = get_family(card.family)
+        return EncoderSource(tag, family, card.encoder_config, FeatureConfig.from_dict(card.feature_extractor), None)
+    if card is not None and card.hub_id is None:
+        raise ValueError(f"card {tag!r} is a test card without weights; use weights='random' with it")
+    repo_id = card.hub_id if card is not None else tag
+    if repo_id.count("/") != 1 or repo_id.startswith(("/", ".")):
+        cards = ", ".join(sorted(all_cards()))
+        raise ValueError(
+            f"{tag!r} is not a local directory, a hub id (org/name) or a shipped card; shipped cards: {cards}"
+        )
+    return _from_files(tag, CheckpointFiles(tag, repo_id=repo_id, revision=revision))
+
+
+def _from_files(tag: str, files: CheckpointFiles) -> EncoderSource:
+    raw = json.loads(Path(files.get(CONFIG_FILE, required=True)).read_text())
+    if "model_type" not in raw:
+        raise ValueError(f"{files.where()}: config.json has no model_type; is it a transformers checkpoint?")
+    family = family_for_model_type(raw["model_type"])
+    features_path = files.get(FEATURES_FILE, required=False)
+    if features_path is None:
+        log.warning("%s has no %s; using %s's default features", files.where(), FEATURES_FILE, family.name)
+        features = family.default_features
+    else:
+        features = FeatureConfig.from_dict(json.loads(Path(features_path).read_text()))
+    return EncoderSource(tag, family, family.encoder_config(raw), features, files)
+
+
+def _pick_prefix(keys: Iterable[str], prefixes: tuple[str, ...], expected: set[str]) -> str:
+    """The prefix under which the most expected encoder keys appear."""
+    keys = list(keys)
+    hits = {p: sum(k.startswith(p) and k[len(p) :] in expected for k in keys) for p in prefixes}
+    best = max(prefixes, key=lambda p: hits[p])
+    if hits[best] == 0:
+        raise ValueError(
+            f"no audio-encoder tensors found: looked for keys under prefixes {list(prefixes)} "
+            f"(e.g. {prefixes[0]}{next(iter(sorted(expected)))}); first checkpoint keys: {keys[:3]}"
+        )
+    return best
+
+
+def read_encoder_state(files: CheckpointFiles, family: EncoderFamily, expected: set[str]) -> dict[str, torch.Tensor]:
+    """Read the encoder tensors (and only those) from a safetensors checkpoint."""
+    index_path = files.get(INDEX_FILE, required=False)
+    if index_path is not None:
+        weight_map: dict[str, str] = json.loads(Path(index_path).read_text())["weight_map"]
+    else:
+        single = files.get(SINGLE_FILE, required=False)
+        if single is None:
+            pickled = [name for name in PICKLE_FILES if files.get(name, required=False)]
+            detail = f"only pickle weights ({', '.join(pickled)}), which contaudio never unpickles" if pickled else (
+                f"neither {INDEX_FILE} nor {SINGLE_FILE}"
+            )
+            raise WeightsNotFoundError(
+                f"{files.where()} has {detail}. Convert the checkpoint to safetensors "
+                f"(model.save_pretrained(dir, safe_serialization=True)), or {OFFLINE_HINT}"
+            )
+        with safe_open(single, framework="pt") as handle:
+            weight_map = {key: SINGLE_FILE for key in handle.keys()}
+    prefix = _pick_prefix(weight_map, family.weight_prefixes, expected)
+    wanted = {key: key[len(prefix) :] for key in weight_map if key.startswith(prefix)}
+    shards = sorted({weight_map[key] for key in wanted})
+    log.info("reading %d encoder tensors (prefix %r) from %d shard(s) of %s", len(wanted), prefix, len(shards),
+             files.where())
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        with safe_open(files.get(shard, required=True), framework="pt") as handle:
+            for key in handle.keys():
+                if key in wanted:
+                    state[wanted[key]] = handle.get_tensor(key)
+    missing, unexpected = expected - state.keys(), state.keys() - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"{files.where()}: encoder keys under {prefix!r} do not match {family.encoder_class.__name__}: "
+            f"missing {sorted(missing)[:5]} ({len(missing)}), unexpected {sorted(unexpected)[:5]} "
+            f"({len(unexpected)}). Is the checkpoint's config.json for these weights?"
+        )
+    return state
+
+
+def build_encoder(
+    source: EncoderSource,
+    weights: WeightsMode,
+    dtype: torch.dtype,
+    attn_implementation: str | None,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """Build the audio encoder on CPU: random (seeded) or with the checkpoint's weights, in ``dtype``."""
+    family = source.family
+    config = family.config_class.from_dict(source.encoder_config)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    pretrained = weights == "pretrained"
+    with torch.random.fork_rng(devices=[]), (no_init_weights() if pretrained else nullcontext()):
+        torch.manual_seed(seed)
+        encoder = family.encoder_class._from_config(config, **kwargs)
+    if pretrained:
+        if source.files is None:
+            raise ValueError(f"{source.tag!r} is a card without weights; use weights='random'")
+        expected = set(encoder.state_dict().keys())
+        state = read_encoder_state(source.files, family, expected)
+        state = {key: tensor.to(dtype) for key, tensor in state.items()}
+        encoder.load_state_dict(state, strict=True, assign=True)
+    return encoder.eval()
