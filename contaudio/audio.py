@@ -86,9 +86,7 @@ def as_numpy(wav: Any) -> np.ndarray:
         return wav.detach().cpu().numpy()
     if isinstance(wav, np.ndarray):
         return wav
-    raise TypeError(
-        f"wav must be a numpy array or torch tensor of shape [C, N] or [N], got {type(wav).__name__}"
-    )
+    raise TypeError(f"wav must be a numpy array or torch tensor of shape [C, N] or [N], got {type(wav).__name__}")
 
 
 def check_waveform(wav: np.ndarray) -> np.ndarray:

@@ -144,8 +144,13 @@ class ContinuousAudioIO(AbsIO):
         ).to(target)
         log.info(
             "built %s encoder (%s weights, %.0f M params, %s, %s) from %s in %.1f s",
-            self.family.name, weights, sum(p.numel() for p in self.encoder.parameters()) / 1e6,
-            self.torch_dtype, target, self.source.describe(), time.perf_counter() - start,
+            self.family.name,
+            weights,
+            sum(p.numel() for p in self.encoder.parameters()) / 1e6,
+            self.torch_dtype,
+            target,
+            self.source.describe(),
+            time.perf_counter() - start,
         )
 
     # ----------------------------------------------------------------- metadata
@@ -233,7 +238,7 @@ class ContinuousAudioIO(AbsIO):
             raise RuntimeError(
                 f"{self.family.name}: encoder returned {flat.shape[0]} rows, length rule says {sum(kept_rows)}"
             )
-        for index, feats in zip(keep.tolist(), flat.split(kept_rows)):
+        for index, feats in zip(keep.tolist(), flat.split(kept_rows), strict=True):
             outputs[index] = feats
         return outputs
 
@@ -296,5 +301,3 @@ def _unpack(data: Any) -> tuple[Any, Any]:
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"expected a (wav, sample_rate) pair, got {type(data).__name__}")
     return data[0], data[1]
-
-

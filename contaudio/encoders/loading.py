@@ -173,8 +173,10 @@ def read_encoder_state(files: CheckpointFiles, family: EncoderFamily, expected: 
         single = files.get(SINGLE_FILE, required=False)
         if single is None:
             pickled = [name for name in PICKLE_FILES if files.get(name, required=False)]
-            detail = f"only pickle weights ({', '.join(pickled)}), which contaudio never unpickles" if pickled else (
-                f"neither {INDEX_FILE} nor {SINGLE_FILE}"
+            detail = (
+                f"only pickle weights ({', '.join(pickled)}), which contaudio never unpickles"
+                if pickled
+                else (f"neither {INDEX_FILE} nor {SINGLE_FILE}")
             )
             raise WeightsNotFoundError(
                 f"{files.where()} has {detail}. Convert the checkpoint to safetensors "
@@ -185,8 +187,9 @@ def read_encoder_state(files: CheckpointFiles, family: EncoderFamily, expected: 
     prefix = _pick_prefix(weight_map, family.weight_prefixes, expected)
     wanted = {key: key[len(prefix) :] for key in weight_map if key.startswith(prefix)}
     shards = sorted({weight_map[key] for key in wanted})
-    log.info("reading %d encoder tensors (prefix %r) from %d shard(s) of %s", len(wanted), prefix, len(shards),
-             files.where())
+    log.info(
+        "reading %d encoder tensors (prefix %r) from %d shard(s) of %s", len(wanted), prefix, len(shards), files.where()
+    )
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
         with safe_open(files.get(shard, required=True), framework="pt") as handle:
@@ -217,7 +220,7 @@ def build_encoder(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     pretrained = weights == "pretrained"
-    with torch.random.fork_rng(devices=[]), (no_init_weights() if pretrained else nullcontext()):
+    with torch.random.fork_rng(devices=[]), no_init_weights() if pretrained else nullcontext():
         torch.manual_seed(seed)
         encoder = family.encoder_class._from_config(config, **kwargs)
     if pretrained:
