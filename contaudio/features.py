@@ -131,3 +131,49 @@ def log_mel(wav: np.ndarray | torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     log_spec = torch.maximum(log_spec, log_spec.max() - DYNAMIC_RANGE)
     valid = log_spec[: mel_frames(num_samples, cfg.hop_length)]
     return ((valid + LOG_OFFSET) / LOG_SCALE).contiguous()
+
+
+def fits_batched_stft(num_samples: int, cfg: FeatureConfig) -> bool:
+    """Whether a clip's frames are unchanged by zero-padding it further than :func:`stft_length`.
+
+    True unless the extractor's ``n_samples`` cap applies (``n_samples - n_fft // 2 - 1 < N <= n_samples``):
+    those clips are padded to exactly ``n_samples`` so their end mirror holds clip samples, as the extractor's.
+    """
+    return stft_length(num_samples, cfg) == num_samples + cfg.n_fft // 2 + 1
+
+
+def log_mel_batch(wavs: list[np.ndarray | torch.Tensor], cfg: FeatureConfig) -> list[torch.Tensor]:
+    """Log-mel of several mono clips with ONE batched STFT: ``[N_i]`` each -> ``[ceil(N_i / hop), n_mels]`` each.
+
+    Equal to ``[log_mel(w, cfg) for w in wavs]``: every clip is zero-padded to
+    the longest clip's :func:`stft_length` (more zeros past a clip never change
+    its frames, see :func:`fits_batched_stft`), and each clip's clamp maximum is
+    taken over its own :func:`frames_seen` frames. Clips within ``n_fft // 2``
+    samples below ``n_samples`` go through :func:`log_mel` one by one.
+    """
+    clips = [torch.as_tensor(wav, dtype=torch.float32) for wav in wavs]
+    out: list[torch.Tensor | None] = [None] * len(clips)
+    batched = []
+    for index, clip in enumerate(clips):
+        if clip.ndim != 1:
+            raise ValueError(f"clip {index} must be mono [N], got shape {tuple(clip.shape)}")
+        if fits_batched_stft(clip.shape[0], cfg):
+            batched.append(index)
+        else:
+            out[index] = log_mel(clip, cfg)
+    if batched:
+        lengths = [clips[index].shape[0] for index in batched]
+        padded = torch.zeros(len(batched), max(stft_length(n, cfg) for n in lengths))
+        for row, index in enumerate(batched):
+            padded[row, : lengths[row]] = clips[index]
+        seen = torch.tensor([frames_seen(n, cfg) for n in lengths])
+        spec = torch.stft(padded, cfg.n_fft, cfg.hop_length, window=hann_window(cfg.n_fft), return_complex=True)
+        power = spec[:, :, : int(seen.max())].abs().square()  # [B, n_freq, max_seen]
+        log_spec = (power.transpose(1, 2) @ mel_filters(cfg)).clamp_(min=LOG_FLOOR).log10_()  # [B, max_seen, n_mels]
+        past_seen = torch.arange(log_spec.shape[1]) >= seen[:, None]  # [B, max_seen]
+        peak = log_spec.masked_fill(past_seen[:, :, None], -torch.inf).amax(dim=(1, 2))  # [B]
+        log_spec = torch.maximum(log_spec, (peak - DYNAMIC_RANGE)[:, None, None])
+        log_spec = (log_spec + LOG_OFFSET) / LOG_SCALE
+        for row, index in enumerate(batched):
+            out[index] = log_spec[row, : mel_frames(lengths[row], cfg.hop_length)].clone()
+    return out

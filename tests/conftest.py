@@ -7,12 +7,15 @@ cache miss fails at once instead of retrying for ~25 s.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import numpy as np
 import pytest
+import soundfile
+import soxr
 import torch
 
 from contaudio import ContinuousAudioIO
@@ -95,3 +98,32 @@ def rng() -> np.random.Generator:
 def noise(rng: np.random.Generator, num_samples: int, scale: float = 0.1) -> np.ndarray:
     """Gaussian noise clip, float32."""
     return (rng.standard_normal(num_samples) * scale).astype(np.float32)
+
+
+SPEECH_DIR = Path(__file__).resolve().parents[1] / "assets" / "speech"
+
+
+def load_speech(name: str) -> tuple[np.ndarray, int]:
+    """A committed espeak-ng clip as (int16 samples [N], sample rate)."""
+    samples, sr = soundfile.read(SPEECH_DIR / name, dtype="int16")
+    return samples, sr
+
+
+@pytest.fixture(scope="session")
+def speech_clips() -> dict[str, np.ndarray]:
+    """The committed speech clips as mono float32 at 16 kHz (resampled with soxr where needed)."""
+    clips = {}
+    for path in sorted(SPEECH_DIR.glob("*.wav")):
+        samples, sr = soundfile.read(path, dtype="float32")
+        clips[path.stem] = soxr.resample(samples, sr, SAMPLE_RATE).astype(np.float32) if sr != SAMPLE_RATE else samples
+    return clips
+
+
+def hf_audio_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """The audio tower inside a full/thinker HF model, whatever the module nesting of this transformers version."""
+    for path in ("thinker.model.audio_tower", "thinker.audio_tower", "model.audio_tower", "audio_tower"):
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise AttributeError(f"{type(model).__name__} has no audio tower")

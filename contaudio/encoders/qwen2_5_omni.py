@@ -1,4 +1,8 @@
-"""Qwen2.5-Omni audio tower (``thinker.audio_tower.*`` of Qwen/Qwen2.5-Omni-7B and -3B)."""
+"""Qwen2.5-Omni audio tower (``thinker.audio_tower.*`` of Qwen/Qwen2.5-Omni-7B and -3B).
+
+``forward`` is the packed path (one attention call per layer for the whole
+batch, :mod:`contaudio.encoders.packed`); ``reference_forward`` is HF's own.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from transformers import PreTrainedModel
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
 
+from contaudio.encoders.packed import qwen2_5_omni_packed_forward as packed_forward
 from contaudio.encoders.registry import EncoderFamily, register
 from contaudio.features import FeatureConfig
 from contaudio.lengths import qwen2_5_omni_rows
@@ -34,11 +39,17 @@ QWEN2_5_OMNI = register(
             "qwen2_5_omni_thinker": ("audio_config",),
             "qwen2_5_omni_audio_encoder": (),
         },
-        weight_prefixes=("thinker.audio_tower.", "audio_tower.", "model.audio_tower.", ""),
+        weight_prefixes=(
+            "thinker.audio_tower.",
+            "thinker.model.audio_tower.",
+            "audio_tower.",
+            "model.audio_tower.",
+            "",
+        ),
         encoder_class=Qwen2_5OmniAudioEncoder,
         config_class=Qwen2_5OmniAudioEncoderConfig,
         rows=qwen2_5_omni_rows,
-        forward=hf_forward,
+        forward=packed_forward,
         reference_forward=hf_forward,
         default_features=QWEN_OMNI_FEATURES,
     )

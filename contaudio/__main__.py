@@ -1,0 +1,3 @@
+from contaudio.cli import main
+
+main()

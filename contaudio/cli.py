@@ -1,0 +1,80 @@
+"""Command line: ``python -m contaudio encode FILE... [--tag T] [--weights random] [--out feats.safetensors]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import soundfile
+import torch
+from safetensors.torch import save_file
+
+from contaudio.encoders import all_cards
+from contaudio.io import DTYPES, ContinuousAudioIO
+
+
+def read_audio(path: Path) -> tuple[torch.Tensor, int]:
+    """Any soundfile-readable file -> (``[C, N]`` float32, sample rate)."""
+    samples, sr = soundfile.read(path, dtype="float32", always_2d=True)
+    return torch.from_numpy(samples.T.copy()), sr
+
+
+def encode(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    io = ContinuousAudioIO(
+        encoder_hf_model_tag=args.tag, dtype=args.dtype, device=args.device,
+        attn_implementation=args.attn, weights=args.weights,
+    )  # fmt: skip
+    print(f"{args.tag}: {io.family.name}, {args.weights} weights, {io.torch_dtype}, {io.device}, "
+          f"D={io.feature_dim()}, built in {time.perf_counter() - start:.1f} s")  # fmt: skip
+    if args.weights == "random":
+        print("note: random weights: lengths, shapes and speed are real; the feature values are not")
+    print(f"{'file':<40} {'dur_s':>7} {'frames':>7} {'rows':>6} {'pre_ms':>8} {'enc_ms':>8}")
+    features: dict[str, torch.Tensor] = {}
+    for path in args.files:
+        wav, sr = read_audio(path)
+        t0 = time.perf_counter()
+        _, (rows, mel), _ = io.preprocess((wav, sr))
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            (feats,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
+        t2 = time.perf_counter()
+        if not feats.shape[0] == rows == io.find_length((wav, sr)):
+            raise RuntimeError(f"{path}: encoder rows {feats.shape[0]} != preprocess T {rows}")
+        features[path.stem] = feats.float().cpu().contiguous()
+        print(f"{path.name:<40} {wav.shape[1] / sr:>7.2f} {mel.shape[0]:>7d} {rows:>6d} "
+              f"{(t1 - t0) * 1e3:>8.1f} {(t2 - t1) * 1e3:>8.1f}")  # fmt: skip
+    if args.out:
+        save_file(features, str(args.out), metadata={"tag": args.tag, "weights": args.weights})
+        print(f"wrote {len(features)} feature matrices to {args.out}")
+
+
+def cards(_: argparse.Namespace) -> None:
+    for name, card in sorted(all_cards().items()):
+        print(f"{name:<45} {card.family:<16} {card.description}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="contaudio", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    enc = sub.add_parser("encode", help="encode audio files and print per-file lengths and timings")
+    enc.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, ...)")
+    enc.add_argument("--tag", default="Qwen/Qwen2.5-Omni-7B", help="hub id, local checkpoint dir or card name")
+    enc.add_argument("--weights", choices=["pretrained", "random"], default="pretrained")
+    enc.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    enc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    enc.add_argument("--attn", choices=["sdpa", "eager", "flash_attention_2"], default=None)
+    enc.add_argument("--out", type=Path, help="write features to this .safetensors file (one tensor per file)")
+    enc.set_defaults(func=encode)
+    lst = sub.add_parser("cards", help="list the shipped config cards")
+    lst.set_defaults(func=cards)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)

@@ -1,0 +1,315 @@
+"""Packed window attention for the Qwen-Omni audio towers, on the HF modules' own weights.
+
+The Qwen audio towers attend within fixed windows only (Qwen2.5-Omni: each
+2 s chunk of 100 rows). Without flash attention, transformers runs one
+attention call per window per layer in a Python loop (~15,000 calls for 32 x
+30 s on a 32-layer tower). Here every window of the batch goes through ONE
+call per layer:
+
+- the hidden states live as packed rows ``[N, d]`` (valid rows only, clip by
+  clip, window by window), so the linear layers never compute on padding;
+- for attention, q/k/v are laid out as a padded ``[num_windows, window_len, ...]``
+  grid and run through one ``scaled_dot_product_attention`` with a boolean key
+  mask ``[num_windows, 1, 1, window_len]`` (no mask at all when every window is
+  full), or one varlen flash-attention call on the packed rows when the encoder
+  was built with ``attn_implementation="flash_attention_2"``; ``"eager"`` runs
+  the same grid through an explicit float32 softmax, as HF's eager path does.
+
+Padded query rows see at least one real key (every window holds >= 1 row), so
+they stay finite; they are dropped before anything reads them. Nothing here
+uses ``torch.no_grad``: the forward runs under the caller's grad mode.
+
+The layer stack (:func:`run_layers`) only needs each window's row count, so
+any tower whose layers look like ``Qwen2_5OmniAudioEncoderLayer`` (Whisper-style
+pre-norm block; Qwen3-Omni's too) can reuse it with its own windows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from contaudio.lengths import ceil_div, conv_out
+
+AttentionKernel = Literal["sdpa", "eager", "flash"]
+# (q, k, v) packed rows [N, heads, head_dim] -> attention output [N, heads, head_dim]
+AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+FP16_CLAMP_MARGIN = 1000.0  # HF's layers clamp fp16 activations to finfo.max - 1000
+POOL_STRIDE = 2  # the tower's AvgPool1d(2, stride=2) after the last layer
+CONV_STRIDE = 2  # conv2's stride: rows per chunk = conv_out(frames, CONV_STRIDE)
+FLASH_IMPLEMENTATION = "flash_attention_2"
+EAGER_IMPLEMENTATION = "eager"
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """Where the N packed rows sit in a padded ``[num_windows, window_len]`` attention grid.
+
+    window_rows: ``(num_windows,)`` int64 on CPU, rows per window (each >= 1).
+    window_len: the longest window, the grid's second dimension.
+    row_index: ``(N,)`` int64 on the device, flat grid index of each packed row;
+        ``None`` when every window is full (the grid *is* the packed rows).
+    key_mask: ``(num_windows, 1, 1, window_len)`` bool on the device, True for a
+        real key; ``None`` when every window is full.
+    cu_seqlens: ``(num_windows + 1,)`` int32 on the device, window boundaries in
+        the packed rows (flash-attention's varlen layout).
+    """
+
+    window_rows: torch.Tensor
+    window_len: int
+    row_index: torch.Tensor | None
+    key_mask: torch.Tensor | None
+    cu_seqlens: torch.Tensor
+
+    @classmethod
+    def from_window_rows(cls, window_rows: torch.Tensor, device: torch.device | str) -> WindowLayout:
+        """Build the layout from rows per window ``(num_windows,)`` (CPU; every entry >= 1).
+
+        >>> layout = WindowLayout.from_window_rows(torch.tensor([3, 1]), "cpu")
+        >>> layout.window_len, layout.row_index.tolist(), layout.cu_seqlens.tolist()
+        (3, [0, 1, 2, 3], [0, 3, 4])
+        """
+        window_rows = window_rows.detach().to("cpu", torch.long)
+        if window_rows.ndim != 1 or len(window_rows) == 0 or int(window_rows.min()) < 1:
+            raise ValueError(f"window_rows must be a non-empty 1-D tensor of counts >= 1, got {window_rows.tolist()}")
+        window_len = int(window_rows.max())
+        cu_seqlens = F.pad(window_rows.cumsum(0), (1, 0)).to(device=device, dtype=torch.int32)
+        if bool((window_rows == window_len).all()):
+            return cls(window_rows, window_len, None, None, cu_seqlens)
+        valid = torch.arange(window_len) < window_rows[:, None]  # [num_windows, window_len]
+        row_index = valid.flatten().nonzero().flatten().to(device)
+        key_mask = valid[:, None, None, :].to(device)
+        return cls(window_rows, window_len, row_index, key_mask, cu_seqlens)
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.window_rows)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.cu_seqlens[-1]) if self.row_index is None else len(self.row_index)
+
+    def to_grid(self, rows: torch.Tensor) -> torch.Tensor:
+        """Packed ``[N, *rest]`` -> padded ``[num_windows, window_len, *rest]`` (zeros in padding)."""
+        shape = (self.num_windows, self.window_len, *rows.shape[1:])
+        if self.row_index is None:
+            return rows.reshape(shape)
+        grid = rows.new_zeros((self.num_windows * self.window_len, *rows.shape[1:]))
+        return grid.index_copy(0, self.row_index, rows).reshape(shape)
+
+    def to_rows(self, grid: torch.Tensor) -> torch.Tensor:
+        """Padded ``[num_windows, window_len, *rest]`` -> packed ``[N, *rest]`` (padding dropped)."""
+        flat = grid.reshape(self.num_windows * self.window_len, *grid.shape[2:])
+        return flat if self.row_index is None else flat.index_select(0, self.row_index)
+
+
+def attention_kernel(config: object, device: torch.device) -> AttentionKernel:
+    """Which kernel mirrors the encoder's ``config._attn_implementation`` here.
+
+    ``"eager"`` -> explicit softmax; ``"flash_attention_2"`` -> varlen flash when
+    flash-attn is importable and the tensors are on CUDA; anything else -> SDPA
+    (HF's non-flash path calls SDPA per window, so the numerics are the same).
+    """
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation == EAGER_IMPLEMENTATION:
+        return "eager"
+    if implementation == FLASH_IMPLEMENTATION and device.type == "cuda" and flash_attn_available():
+        return "flash"
+    return "sdpa"
+
+
+def flash_attn_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def grid_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: WindowLayout, scaling: float) -> torch.Tensor:
+    """One SDPA call over every window: packed ``[N, heads, head_dim]`` q/k/v -> ``[N, heads, head_dim]``."""
+    q, k, v = (layout.to_grid(t).transpose(1, 2) for t in (q, k, v))  # [windows, heads, window_len, head_dim]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_mask, scale=scaling)
+    return layout.to_rows(out.transpose(1, 2))
+
+
+def grid_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: WindowLayout, scaling: float) -> torch.Tensor:
+    """HF's eager attention (float32 softmax, cast back) over every window at once; shapes as :func:`grid_sdpa`."""
+    q, k, v = (layout.to_grid(t).transpose(1, 2) for t in (q, k, v))
+    scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # [windows, heads, window_len, window_len]
+    if layout.key_mask is not None:
+        scores = scores.masked_fill(~layout.key_mask, torch.finfo(scores.dtype).min)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return layout.to_rows(torch.matmul(weights, v).transpose(1, 2))
+
+
+def varlen_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: WindowLayout, scaling: float) -> torch.Tensor:
+    """flash-attn's varlen kernel on the packed rows (no padding at all); shapes as :func:`grid_sdpa`."""
+    from flash_attn import flash_attn_varlen_func
+
+    return flash_attn_varlen_func(
+        q,
+        k,
+        v,
+        cu_seqlens_q=layout.cu_seqlens,
+        cu_seqlens_k=layout.cu_seqlens,
+        max_seqlen_q=layout.window_len,
+        max_seqlen_k=layout.window_len,
+        dropout_p=0.0,
+        softmax_scale=scaling,
+        causal=False,
+    )
+
+
+KERNELS: dict[AttentionKernel, Callable[..., torch.Tensor]] = {
+    "sdpa": grid_sdpa,
+    "eager": grid_eager,
+    "flash": varlen_flash,
+}
+
+
+def encoder_layer_forward(layer: nn.Module, hidden: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+    """One Whisper-style pre-norm block (``Qwen2_5OmniAudioEncoderLayer.forward``) on packed rows ``[N, d]``.
+
+    Uses the layer's own modules; ``attend`` maps q/k/v ``[N, heads, head_dim]``
+    to the attention output. No dropout, as in HF's layer (which applies none);
+    fp16 activations are clamped to ``finfo.max - 1000`` exactly as HF does.
+    """
+    attn = layer.self_attn
+    num_rows = hidden.shape[0]
+    heads = (num_rows, attn.num_heads, attn.head_dim)
+    residual = hidden
+    normed = layer.self_attn_layer_norm(hidden)
+    q = attn.q_proj(normed).reshape(heads)
+    k = attn.k_proj(normed).reshape(heads)
+    v = attn.v_proj(normed).reshape(heads)
+    hidden = residual + attn.out_proj(attend(q, k, v).reshape(num_rows, -1))
+    residual = hidden
+    hidden = residual + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
+    if hidden.dtype == torch.float16:
+        clamp = torch.finfo(torch.float16).max - FP16_CLAMP_MARGIN
+        hidden = hidden.clamp(min=-clamp, max=clamp)
+    return hidden
+
+
+def run_layers(
+    layers: nn.ModuleList, hidden: torch.Tensor, layout: WindowLayout, kernel: AttentionKernel
+) -> torch.Tensor:
+    """The transformer stack on packed rows ``[N, d]`` whose attention is confined to ``layout``'s windows.
+
+    One attention call per layer for the whole batch. Honours HF's per-layer
+    ``gradient_checkpointing`` flag (set by ``encoder.gradient_checkpointing_enable()``)
+    when training with grad enabled. Returns ``[N, d]``.
+    """
+    if hidden.shape[0] != layout.num_rows:
+        raise ValueError(f"hidden has {hidden.shape[0]} rows but the layout holds {layout.num_rows}")
+    kernel_fn = KERNELS[kernel]
+    for layer in layers:
+        scaling = layer.self_attn.scaling
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float = scaling) -> torch.Tensor:
+            return kernel_fn(q, k, v, layout, scaling)
+
+        if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
+            hidden = checkpoint(encoder_layer_forward, layer, hidden, attend, use_reentrant=False)
+        else:
+            hidden = encoder_layer_forward(layer, hidden, attend)
+    return hidden
+
+
+# ------------------------------------------------------------------ Qwen2.5-Omni
+def chunk_frames_per_clip(lengths: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut each clip into ``chunk_frames``-frame chunks (the last may be shorter).
+
+    lengths: ``(B,)`` mel frames per clip (CPU, >= 1).
+    Returns ``chunk_lengths (num_chunks,)`` and ``clip_of_chunk (num_chunks,)``,
+    in clip order then time order.
+
+    >>> lengths, clips = chunk_frames_per_clip(torch.tensor([450, 200, 3]), 200)
+    >>> lengths.tolist(), clips.tolist()
+    ([200, 200, 50, 200, 3], [0, 0, 0, 1, 2])
+    """
+    counts = ceil_div(lengths, chunk_frames)  # (B,)
+    clip_of_chunk = torch.repeat_interleave(torch.arange(len(lengths)), counts)
+    first_chunk = F.pad(counts.cumsum(0)[:-1], (1, 0))
+    index_in_clip = torch.arange(len(clip_of_chunk)) - first_chunk[clip_of_chunk]
+    chunk_lengths = (lengths[clip_of_chunk] - index_in_clip * chunk_frames).clamp(max=chunk_frames)
+    return chunk_lengths, clip_of_chunk
+
+
+def mel_chunks(mel: torch.Tensor, lengths: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded mel batch -> HF's chunked conv input.
+
+    mel: ``[B, M_max, n_mels]``; lengths: ``(B,)`` CPU. Returns
+    ``chunks [num_chunks, n_mels, W]`` (W = the longest chunk; frames past each
+    chunk's end are zero, whatever the batch padding held) and
+    ``chunk_lengths (num_chunks,)`` on CPU.
+    """
+    batch, _, n_mels = mel.shape
+    max_len = int(lengths.max())
+    width = min(chunk_frames, max_len)
+    per_clip = ceil_div(max_len, width)
+    grid = F.pad(mel[:, :max_len], (0, 0, 0, per_clip * width - max_len)).reshape(batch * per_clip, width, n_mels)
+    chunk_lengths, clip_of_chunk = chunk_frames_per_clip(lengths, chunk_frames)
+    first_chunk = F.pad(ceil_div(lengths, chunk_frames).cumsum(0)[:-1], (1, 0))
+    grid_index = clip_of_chunk * per_clip + torch.arange(len(clip_of_chunk)) - first_chunk[clip_of_chunk]
+    chunks = grid.index_select(0, grid_index.to(mel.device))
+    valid = torch.arange(width) < chunk_lengths[:, None]  # [num_chunks, W]
+    chunks = torch.where(valid.to(mel.device)[:, :, None], chunks, 0.0)
+    return chunks.transpose(1, 2), chunk_lengths
+
+
+def pool_pair_starts(rows_per_clip: torch.Tensor) -> torch.Tensor:
+    """First index of each stride-2 average-pool pair in the packed rows of all clips.
+
+    rows_per_clip: ``(B,)`` rows after conv2. Each clip keeps ``T // 2`` pairs
+    ``(2i, 2i + 1)`` of its own rows (an odd last row is dropped), as HF's
+    ``AvgPool1d(2, 2)`` over the clip. Returns ``(sum T // 2,)`` int64.
+
+    >>> pool_pair_starts(torch.tensor([5, 1, 4])).tolist()
+    [0, 2, 6, 8]
+    """
+    pairs = rows_per_clip // POOL_STRIDE
+    offsets = F.pad(rows_per_clip.cumsum(0)[:-1], (1, 0))
+    pair_offsets = F.pad(pairs.cumsum(0)[:-1], (1, 0))
+    pair_index = torch.arange(int(pairs.sum())) - torch.repeat_interleave(pair_offsets, pairs)
+    return torch.repeat_interleave(offsets, pairs) + pair_index * POOL_STRIDE
+
+
+def check_lengths(mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Validate ``lengths (B,)`` against ``mel [B, M_max, n_mels]``; returns them as CPU int64."""
+    lengths = lengths.detach().to("cpu", torch.long)
+    if mel.ndim != 3 or lengths.shape != (mel.shape[0],) or mel.shape[0] == 0:
+        raise ValueError(f"expected mel [B, M_max, n_mels] and lengths [B], got {tuple(mel.shape)}, {tuple(lengths.shape)}")
+    if int(lengths.min()) < 1 or int(lengths.max()) > mel.shape[1]:
+        raise ValueError(f"lengths must lie in 1..M_max={mel.shape[1]}, got {lengths.tolist()}")
+    return lengths
+
+
+def qwen2_5_omni_packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Qwen2.5-Omni audio tower on a padded batch, all chunks at once: ``[sum rows, output_dim]``.
+
+    mel: ``[B, M_max, n_mels]`` (cast to the encoder's dtype); lengths: ``(B,)``
+    valid frames per clip (any device; read on CPU). Same result as
+    ``Qwen2_5OmniAudioEncoder.forward`` on the concatenated valid frames:
+    per-chunk conv1/conv2 (GELU) + restarted sinusoidal positions, the layers
+    with chunk-local attention, stride-2 average pool per clip, ln_post, proj.
+    """
+    lengths = check_lengths(mel, lengths)
+    chunk_frames = CONV_STRIDE * encoder.n_window
+    chunks, chunk_lengths = mel_chunks(mel.to(encoder.conv1.weight.dtype), lengths, chunk_frames)
+    frame_mask = torch.arange(chunks.shape[2]) < chunk_lengths[:, None]  # [num_chunks, W]
+    embed = F.gelu(encoder.conv1(chunks)) * frame_mask.to(chunks.device)[:, None, :]
+    embed = F.gelu(encoder.conv2(embed)).transpose(1, 2)  # [num_chunks, L, d]
+    positions = encoder.positional_embedding.positional_embedding[: embed.shape[1]]
+    embed = embed + positions.unsqueeze(0).to(embed.dtype)
+    layout = WindowLayout.from_window_rows(conv_out(chunk_lengths, CONV_STRIDE), embed.device)
+    hidden = layout.to_rows(embed)  # [N, d]
+    hidden = run_layers(encoder.layers, hidden, layout, attention_kernel(encoder.config, hidden.device))
+    starts = pool_pair_starts(conv_out(lengths, CONV_STRIDE)).to(hidden.device)
+    hidden = (hidden[starts] + hidden[starts + 1]) / POOL_STRIDE
+    return encoder.proj(encoder.ln_post(hidden))

@@ -1,0 +1,82 @@
+"""Log-mel parity with HF's WhisperFeatureExtractor as Qwen2.5-Omni configures it (300 s padding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from transformers import WhisperFeatureExtractor
+
+from contaudio.features import FeatureConfig, frames_seen, log_mel, mel_filters
+from contaudio.lengths import mel_frames
+
+QWEN_CFG = FeatureConfig(chunk_length=300)
+TOLERANCE = 1e-4
+HOP = QWEN_CFG.hop_length
+N_SAMPLES = QWEN_CFG.n_samples
+
+
+@pytest.fixture(scope="module")
+def extractor() -> WhisperFeatureExtractor:
+    return WhisperFeatureExtractor(
+        feature_size=128, chunk_length=300, n_fft=400, hop_length=HOP, sampling_rate=16000, return_attention_mask=True
+    )
+
+
+def hf_valid_frames(extractor: WhisperFeatureExtractor, wav: np.ndarray) -> np.ndarray:
+    out = extractor(wav, sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="np")
+    valid = int(out["attention_mask"].sum())
+    return out["input_features"][0][:, :valid].T
+
+
+LENGTHS = [
+    1, 2, 100, 159, 160, 161, 199, 200, 201, 319, 320, 321, 399, 400, 401, 559, 560, 561,
+    16000, 16001, 112123, N_SAMPLES - HOP - 1, N_SAMPLES - 201, N_SAMPLES - 1, N_SAMPLES,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("num_samples", LENGTHS)
+def test_matches_hf_extractor_on_every_valid_frame(extractor, rng, num_samples: int) -> None:
+    wav = (rng.standard_normal(num_samples) * 0.1).astype(np.float32)
+    ours = log_mel(wav, QWEN_CFG).numpy()
+    ref = hf_valid_frames(extractor, wav)
+    assert ours.shape == ref.shape == (mel_frames(num_samples, HOP), 128)
+    assert np.abs(ours - ref).max() <= TOLERANCE
+
+
+def test_matches_hf_on_real_speech(extractor, speech_clips) -> None:
+    for wav in speech_clips.values():
+        assert np.abs(log_mel(wav, QWEN_CFG).numpy() - hf_valid_frames(extractor, wav)).max() <= TOLERANCE
+
+
+def test_clamp_uses_frames_past_the_end(extractor) -> None:
+    """A loud click in the last samples raises the clamp floor via frames beyond ceil(N/160)."""
+    wav = np.full(1600, 1e-4, dtype=np.float32)
+    wav[-5:] = 1.0
+    assert frames_seen(len(wav), QWEN_CFG) > mel_frames(len(wav), HOP)
+    assert np.abs(log_mel(wav, QWEN_CFG).numpy() - hf_valid_frames(extractor, wav)).max() <= TOLERANCE
+
+
+def test_silence_is_floor(extractor) -> None:
+    wav = np.zeros(3200, dtype=np.float32)
+    np.testing.assert_allclose(log_mel(wav, QWEN_CFG).numpy(), hf_valid_frames(extractor, wav), atol=TOLERANCE)
+
+
+def test_mel_filters_are_the_extractors(extractor) -> None:
+    np.testing.assert_array_equal(mel_filters(QWEN_CFG).numpy(), extractor.mel_filters.astype(np.float32))
+
+
+def test_from_dict_reads_preprocessor_config(extractor) -> None:
+    cfg = FeatureConfig.from_dict(extractor.to_dict())
+    assert cfg == QWEN_CFG and cfg.max_frames == 30000 and cfg.n_samples == 4_800_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"feature_extractor_type": "Wav2Vec2FeatureExtractor"}, "only WhisperFeatureExtractor"),
+        ({"feature_extractor_type": "WhisperFeatureExtractor", "dither": 1e-4}, "dither"),
+    ],
+)
+def test_from_dict_rejects_what_it_cannot_reproduce(raw: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FeatureConfig.from_dict(raw)
