@@ -1,0 +1,118 @@
+"""Throughput: preprocess and encode_batch, ours vs the HF reference path, in the same run.
+
+python -m experiments.bench encoder=qwen_omni dtype=bf16
+python -m experiments.bench -m dtype=bf16,fp16,fp32
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from functools import partial
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from contaudio.benchmark import time_fn
+from omegaconf import DictConfig
+from tqdm import tqdm
+from transformers import WhisperFeatureExtractor
+
+from contaudio import ContinuousAudioIO
+from experiments import config as _config  # noqa: F401  (registers the schema)
+from experiments.common import pad_mels, random_clip, run_experiment
+
+BYTES_PER_MIB = 2**20
+# ru_maxrss is KiB on Linux, bytes on macOS
+MAXRSS_TO_MIB = 1 / 1024 if sys.platform != "darwin" else 1 / BYTES_PER_MIB
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak CUDA allocation on cuda, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / BYTES_PER_MIB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * MAXRSS_TO_MIB
+
+
+def preprocess_all(io: ContinuousAudioIO, clips: list[np.ndarray]) -> list:
+    return [io.preprocess((clip, io.sample_rate)) for clip in clips]
+
+
+def extract_all(extractor: WhisperFeatureExtractor, clips: list[np.ndarray]) -> list:
+    """The ESPnet path: one HF extractor call per clip, padded to the checkpoint's chunk_length."""
+    sr = extractor.sampling_rate
+    return [
+        extractor(clip, sampling_rate=sr, padding="max_length", return_attention_mask=True, return_tensors="np")
+        for clip in clips
+    ]
+
+
+def bench_preprocess(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """ms per clip for ours vs the HF extractor as the checkpoint configures it (max_length padding)."""
+    b, sr = cfg.bench, io.sample_rate
+    extractor = WhisperFeatureExtractor(**io.features.to_dict()) if b.reference else None
+    rows = []
+    for duration in tqdm(b.preprocess_durations_s, desc="preprocess", leave=False):
+        clips = [random_clip(rng, int(duration * sr)) for _ in range(b.preprocess_clips)]
+        ours = time_fn(partial(preprocess_all, io, clips), b.warmup, b.repeats, None) / len(clips)
+        row = {"duration_s": duration, "ours_ms": ours * 1e3, "ours_audio_s_per_s": duration / ours}
+        if extractor is not None:
+            hf = time_fn(partial(extract_all, extractor, clips), b.warmup, b.repeats, None) / len(clips)
+            row.update(hf_ms=hf * 1e3, speedup_vs_hf=hf / ours)
+        rows.append(row)
+    return rows
+
+
+def bench_encode(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """audio-seconds/s, rows/s and real-time factor of encode_batch vs HF's own tower forward."""
+    b, sr, device = cfg.bench, io.sample_rate, io.device
+    rows = []
+    grid = [(d, n) for d in b.durations_s for n in b.batch_sizes]
+    for duration, batch_size in tqdm(grid, desc="encode", leave=False):
+        mels = [io.preprocess((random_clip(rng, int(duration * sr)), sr))[1][1] for _ in range(batch_size)]
+        batch, lengths = pad_mels(mels)
+        batch = batch.to(device)
+        out_rows = int(io.family.rows(lengths).sum())
+        audio_s = duration * batch_size
+        with torch.inference_mode():
+            ours = time_fn(partial(io.encode_batch, batch, lengths), b.warmup, b.repeats, device)
+            row = {
+                "duration_s": duration, "batch_size": batch_size, "ours_s": ours,
+                "ours_audio_s_per_s": audio_s / ours, "ours_rows_per_s": out_rows / ours, "ours_rtf": ours / audio_s,
+            }  # fmt: skip
+            if b.reference:
+                typed = batch.to(io.torch_dtype)
+                reference = partial(io.family.reference_forward, io.encoder, typed, lengths)
+                ref = time_fn(reference, b.warmup, b.repeats, device)
+                row.update(hf_s=ref, hf_audio_s_per_s=audio_s / ref, speedup_vs_hf=ref / ours)
+        rows.append(row)
+    return rows
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the benchmark for one config; returns the record (also written as record.json)."""
+
+    def body(cfg: DictConfig, io: ContinuousAudioIO):
+        rng = np.random.default_rng(cfg.seed)
+        copy_s = time_fn(io.copy_for_worker, cfg.bench.warmup, cfg.bench.repeats, None)
+        pre = bench_preprocess(cfg, io, rng)
+        enc = bench_encode(cfg, io, rng)
+        metrics = {
+            "copy_for_worker_ms": copy_s * 1e3,
+            "peak_memory_mib": peak_memory_mib(io.device),
+            "preprocess": {f"{r['duration_s']:g}s": r for r in pre},
+            "encode": {f"{r['duration_s']:g}s_x{r['batch_size']}": r for r in enc},
+        }
+        return metrics, {"preprocess": pre, "encode": enc}
+
+    return run_experiment("bench", cfg, body)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

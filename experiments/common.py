@@ -1,0 +1,156 @@
+"""What every experiment shares: config -> plain arguments, per-job reset, record, tracker."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from contaudio import ContinuousAudioIO
+from contaudio.io import parse_device
+from contaudio.tracking import NullSink, Sink, WandbSink, environment, write_record
+
+log = logging.getLogger(__name__)
+
+# (cfg, io) -> (summary metrics, {table name: rows})
+Body = Callable[[DictConfig, ContinuousAudioIO], tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]]
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
+class CheckFailed(RuntimeError):
+    """A check ran and its result is a failure (raised only with strict=true, after recording)."""
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda if available else cpu; anything else unchanged."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def reset_torch_state(cfg: DictConfig) -> None:
+    """Multirun jobs share one process: reset threads, default dtype, seeds and CUDA stats per job."""
+    torch.set_num_threads(cfg.device.threads or _DEFAULT_THREADS)
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(cfg.seed)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def io_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """Plain ContinuousAudioIO arguments from the config (the library never sees Hydra objects)."""
+    return {
+        "encoder_hf_model_tag": cfg.encoder.tag,
+        "weights": cfg.encoder.weights,
+        "dtype": cfg.dtype.name,
+        "device": resolve_device(cfg.device.name),
+        "attn_implementation": cfg.attn.implementation,
+        "max_duration_s": cfg.encoder.max_duration_s,
+        "seed": cfg.seed,
+    }
+
+
+def current_rss_mib() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def job_overrides() -> list[str]:
+    """The command-line overrides of this job (empty outside a Hydra run, e.g. under compose)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def job_name(experiment: str, cfg: DictConfig) -> str:
+    return f"{experiment}-{Path(str(cfg.encoder.tag)).name}-{cfg.dtype.name}-{resolve_device(cfg.device.name)}"
+
+
+def make_sink(cfg: DictConfig, experiment: str, config: dict[str, Any], directory: Path) -> Sink:
+    tracker = cfg.tracker
+    if tracker.kind == "none" or tracker.mode == "disabled":
+        return NullSink()
+    if tracker.kind != "wandb":
+        raise ValueError(f"unknown tracker kind {tracker.kind!r}; use wandb or none")
+    return WandbSink(
+        config=config, mode=tracker.mode, project=tracker.project, entity=tracker.entity,
+        group=tracker.group or experiment, tags=[experiment, *tracker.tags], name=job_name(experiment, cfg),
+        directory=directory, init_timeout=tracker.init_timeout,
+    )  # fmt: skip
+
+
+def run_experiment(experiment: str, cfg: DictConfig, body: Body) -> dict[str, Any]:
+    """Run ``body`` once; write the JSON record, then report to the tracker; return the record.
+
+    A failing job (e.g. a dtype or kernel the device lacks) is recorded with its
+    error and does not end a sweep unless ``strict`` is set.
+    """
+    reset_torch_state(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    directory = output_dir(cfg)
+    record: dict[str, Any] = {
+        "experiment": experiment, "status": "ok", "error": None, "overrides": job_overrides(), "config": config,
+    }  # fmt: skip
+    start = time.perf_counter()
+    tables: dict[str, list[dict[str, Any]]] = {}
+    try:
+        build_start = time.perf_counter()
+        io = ContinuousAudioIO(**io_kwargs(cfg))
+        build = {"build_s": time.perf_counter() - build_start, "rss_after_build_mib": current_rss_mib()}
+        metrics, tables = body(cfg, io)
+        metrics = {**build, **metrics}
+        if metrics.get("passed") is False:
+            record["status"] = "failed"
+    except Exception as err:
+        log.exception("%s failed", experiment)
+        record.update(status="error", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        metrics = {}
+    record.update(
+        metrics=metrics, tables=tables, seconds=time.perf_counter() - start,
+        environment=environment(parse_device(resolve_device(cfg.device.name)) if record["status"] != "error"
+                                else None),
+    )  # fmt: skip
+    try:
+        path = write_record(directory, record, f"record-{experiment}.json")
+        log.info("%s: %s; record written to %s", experiment, record["status"], path)
+    except OSError as err:  # e.g. an unwritable output dir: say so loudly, still report to the tracker
+        log.error("%s: could not write the record into %s (%s)", experiment, directory, err)
+        record.update(status="error", error=f"record not written: {err}")
+        path = directory
+    sink = make_sink(cfg, experiment, config, directory)
+    try:
+        sink.log_summary({"status": record["status"], **metrics})
+        for name, rows in tables.items():
+            sink.log_table(name, rows)
+    finally:
+        sink.finish(failed=record["status"] != "ok")
+    if cfg.strict and record["status"] != "ok":
+        raise CheckFailed(f"{experiment}: {record['status']}: {record['error'] or 'check failed'} (see {path})")
+    return record
+
+
+def random_clip(rng: np.random.Generator, num_samples: int, scale: float = 0.1) -> np.ndarray:
+    """Gaussian noise clip (float32): timing and masks do not depend on content."""
+    return (rng.standard_normal(num_samples) * scale).astype(np.float32)
+
+
+def pad_mels(mels: list[np.ndarray], extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of ``[M_i, n_mels]`` -> (``[B, max M + extra, n_mels]`` zero-padded, lengths ``[B]``)."""
+    lengths = torch.tensor([m.shape[0] for m in mels], dtype=torch.long)
+    batch = torch.zeros(len(mels), int(lengths.max()) + extra, mels[0].shape[1])
+    for i, mel in enumerate(mels):
+        batch[i, : mel.shape[0]] = torch.from_numpy(mel)
+    return batch, lengths

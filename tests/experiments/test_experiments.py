@@ -1,0 +1,72 @@
+"""bench, mask_check, length_check and the suite run end to end on the tiny card via compose."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra_compose import compose_config
+
+from experiments import bench, length_check, mask_check, report, suite
+from experiments.common import CheckFailed
+
+
+def read(tmp_path, experiment: str) -> dict:
+    return json.loads((tmp_path / f"record-{experiment}.json").read_text())
+
+
+def test_bench_reports_ours_and_reference(smoke_cfg, tmp_path) -> None:
+    record = bench.run(smoke_cfg)
+    assert record["status"] == "ok", record["error"]
+    assert read(tmp_path, "bench")["metrics"] == json.loads(json.dumps(record["metrics"]))
+    metrics = record["metrics"]
+    assert set(metrics["encode"]) == {"1s_x1", "1s_x4", "3s_x1", "3s_x4"}
+    for row in metrics["encode"].values():
+        assert row["ours_audio_s_per_s"] > 0 and row["hf_audio_s_per_s"] > 0 and row["speedup_vs_hf"] > 0
+    for row in metrics["preprocess"].values():
+        assert row["speedup_vs_hf"] > 1  # the reference pads every clip to 300 s
+    assert metrics["build_s"] >= 0 and metrics["peak_memory_mib"] > 0 and metrics["copy_for_worker_ms"] >= 0
+    env = record["environment"]
+    assert env["packages"]["torch"] and env["cpu"] and "git_commit" in env
+
+
+def test_mask_check_passes_with_tiny_and_long_clips(smoke_cfg) -> None:
+    record = mask_check.run(smoke_cfg)
+    metrics = record["metrics"]
+    assert record["status"] == "ok" and metrics["passed"], metrics["first_failures"]
+    rows = record["tables"]["clips"]
+    assert any(r["rows"] == 0 for r in rows), "a 1-2 frame clip must be in the mix"
+    assert any(r["num_samples"] > 300 * 16000 for r in rows), "a > 300 s clip must be in the mix"
+    assert metrics["max_abs_vs_hf"] <= 1e-4
+
+
+def test_mask_check_fails_when_tolerance_is_impossible(tmp_path) -> None:
+    cfg = compose_config(["experiment=ci_smoke", f"output_dir={tmp_path}", "dtype.mask_atol=-1", "strict=false"])
+    record = mask_check.run(cfg)
+    assert record["status"] == "failed" and not record["metrics"]["passed"]
+
+
+def test_length_check_has_no_mismatch(smoke_cfg) -> None:
+    record = length_check.run(smoke_cfg)
+    assert record["status"] == "ok", record["metrics"].get("first_mismatches")
+    assert record["metrics"]["mismatches"] == 0 and record["metrics"]["m_checked"] == 450
+
+
+def test_failed_job_is_recorded_and_strict_raises(tmp_path) -> None:
+    base = ["experiment=ci_smoke", f"output_dir={tmp_path}", "encoder.tag=contaudio/no-such-card"]
+    record = bench.run(compose_config([*base, "strict=false"]))
+    assert record["status"] == "error" and "no-such-card" in record["error"]
+    assert read(tmp_path, "bench")["status"] == "error"
+    with pytest.raises(CheckFailed, match="no-such-card"):
+        bench.run(compose_config([*base, "strict=true"]))
+
+
+def test_suite_and_report(tmp_path) -> None:
+    light = ["bench.preprocess_clips=1", "bench.repeats=1", "mask_check.long_clip_s=0", "length_check.m_max=60",
+             "length_check.random_n=5"]  # fmt: skip
+    records = suite.run(compose_config(["experiment=ci_smoke", f"output_dir={tmp_path}", *light]))
+    assert {name: r["status"] for name, r in records.items()} == dict.fromkeys(records, "ok")
+    report.main([str(tmp_path)])
+    table = (tmp_path / "report.md").read_text()
+    assert "bench" in table and "mask_check" in table and "length_check" in table
+    assert (tmp_path / "report.png").stat().st_size > 0
