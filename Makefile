@@ -21,3 +21,18 @@ lint:
 
 demo:
 	$(PYTHON) -m contaudio encode assets/speech/*.wav --weights random --out outputs/demo_features.safetensors
+
+# The README's main job: full-size Qwen2.5-Omni-7B tower, random weights, CPU, bf16 (a few minutes).
+bench:
+	$(PYTHON) -m experiments.bench experiment=readme_bench
+
+# dtype sweep (one job and one wandb run per dtype), then a markdown table + PNG plot.
+SWEEP_DIR ?= multirun/dtype_sweep
+sweep:
+	$(PYTHON) -m experiments.bench -m experiment=dtype_sweep hydra.sweep.dir=$(SWEEP_DIR)
+	$(PYTHON) -m experiments.report $(SWEEP_DIR)
+
+# All three experiments on every family's tiny card, tracker off, failures fatal (CI runs this).
+SMOKE_ENCODERS ?= tiny_qwen_omni
+smoke:
+	$(PYTHON) -m experiments.suite -m experiment=ci_smoke encoder=$(SMOKE_ENCODERS) hydra.sweep.dir=multirun/ci_smoke

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # (cfg, io) -> (summary metrics, {table name: rows})
 Body = Callable[[DictConfig, ContinuousAudioIO], tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]]
 _DEFAULT_THREADS = torch.get_num_threads()
+MAX_PRINTED_ROWS = 40  # longer tables (per-clip checks) stay in the record and the tracker
 
 
 class CheckFailed(RuntimeError):
@@ -137,9 +138,31 @@ def run_experiment(experiment: str, cfg: DictConfig, body: Body) -> dict[str, An
             sink.log_table(name, rows)
     finally:
         sink.finish(failed=record["status"] != "ok")
+    for name, rows in tables.items():
+        if rows and len(rows) <= MAX_PRINTED_ROWS:
+            print(f"\n{experiment} / {name}\n{markdown_table(rows)}")
+    print(f"{experiment}: {record['status']}" + (f" ({record['error']})" if record["error"] else "") + f" -> {path}")
     if cfg.strict and record["status"] != "ok":
         raise CheckFailed(f"{experiment}: {record['status']}: {record['error'] or 'check failed'} (see {path})")
     return record
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows of dicts -> a markdown table (columns: the given ones, else the first row's keys)."""
+    if not rows:
+        return ""
+    columns = list(columns or rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(format_value(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def random_clip(rng: np.random.Generator, num_samples: int, scale: float = 0.1) -> np.ndarray:

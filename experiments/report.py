@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from experiments.common import markdown_table
+
 RECORD_GLOB = "record-*.json"
 COLUMNS = (
     "job", "experiment", "status", "encoder", "dtype", "device", "attn", "encode_audio_s_per_s",
@@ -56,19 +58,8 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    used = [c for c in COLUMNS if any(r[c] is not None for r in rows)]
-    lines = ["| " + " | ".join(used) + " |", "|" + "---|" * len(used)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in used) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(rows, [c for c in COLUMNS if any(r[c] is not None for r in rows)])
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
