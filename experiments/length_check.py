@@ -26,6 +26,11 @@ def edge_sample_counts(hop: int) -> list[int]:
     return sorted({k * hop + d for k in EDGE_HOPS for d in (-1, 0, 1) if k * hop + d > 0})
 
 
+def agree(row: dict[str, int], key: str) -> bool:
+    """All counts in ``row`` (but the input ``key``) are equal."""
+    return len({v for k, v in row.items() if k != key}) == 1
+
+
 def encoded_rows(io: ContinuousAudioIO, mels: list[torch.Tensor], batch_size: int) -> list[int]:
     """Rows encode_batch returns per mel, in padded batches of ``batch_size``."""
     rows = []
@@ -45,27 +50,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ms = list(range(c.m_min, c.m_max + 1))
         mels = [rng.standard_normal((m, io.n_mels)).astype(np.float32) for m in tqdm(ms, desc="mels", leave=False)]
         got = encoded_rows(io, mels, c.batch_size)
-        mismatches = []
-        for m, rows in zip(ms, got, strict=True):
-            expected = {"rule": int(io.family.rows(m)), "find_length_min_n": io.find_length((m - 1) * hop + 1),
-                        "find_length_max_n": io.find_length(m * hop)}  # fmt: skip
-            if any(v != rows for v in expected.values()):
-                mismatches.append({"kind": "every_m", "m": m, "encoded": rows, **expected})
-        # 2) random and edge sample counts through preprocess + encoder
+        every_m = [
+            {"m": m, "encoded": rows, "rule": int(io.family.rows(m)),
+             "find_length_min_n": io.find_length((m - 1) * hop + 1), "find_length_max_n": io.find_length(m * hop)}
+            for m, rows in zip(ms, got, strict=True)
+        ]  # fmt: skip
+        # 2) random and edge sample counts through preprocess + encoder, and find_length on a tensor
         sizes = edge_sample_counts(hop) + rng.integers(1, int(c.max_random_s * sr), size=c.random_n).tolist()
         pre = [io.preprocess((random_clip(rng, n), sr)) for n in tqdm(sizes, desc="preprocess", leave=False)]
         got = encoded_rows(io, [p[1][1] for p in pre], c.batch_size)
         vectorised = io.find_length(None, before_length=torch.tensor(sizes)).tolist()
-        for n, p, rows, vec in zip(sizes, pre, got, vectorised, strict=True):
-            found = io.find_length(n)
-            if not found == p[1][0] == rows == vec == p[0].shape[0]:
-                mismatches.append({"kind": "samples", "n": n, "find_length": found, "preprocess_t": p[1][0],
-                                   "encoded": rows, "find_length_tensor": vec})  # fmt: skip
+        samples = [
+            {"n": n, "find_length": io.find_length(n), "find_length_tensor": vec, "preprocess_t": p[1][0],
+             "seq_rows": p[0].shape[0], "encoded": rows}
+            for n, p, rows, vec in zip(sizes, pre, got, vectorised, strict=True)
+        ]  # fmt: skip
+        mismatches = [{"kind": "every_m", **r} for r in every_m if not agree(r, "m")]
+        mismatches += [{"kind": "samples", **r} for r in samples if not agree(r, "n")]
         metrics = {
             "passed": not mismatches, "mismatches": len(mismatches), "m_checked": len(ms),
             "n_checked": len(sizes), "first_mismatches": mismatches[:MAX_EXAMPLES],
         }  # fmt: skip
-        return metrics, {"mismatches": mismatches}
+        return metrics, {"every_m": every_m, "samples": samples}
 
     return run_experiment("length_check", cfg, body)
 

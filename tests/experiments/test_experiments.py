@@ -52,6 +52,17 @@ def test_length_check_has_no_mismatch(smoke_cfg) -> None:
     assert record["metrics"]["mismatches"] == 0 and record["metrics"]["m_checked"] == 450
 
 
+def test_length_check_catches_a_wrong_rule(tmp_path, monkeypatch) -> None:
+    from contaudio import ContinuousAudioIO
+
+    honest = ContinuousAudioIO.find_length
+    monkeypatch.setattr(ContinuousAudioIO, "find_length", lambda self, *a, **k: honest(self, *a, **k) + 1)
+    cfg = compose_config(["experiment=ci_smoke", f"output_dir={tmp_path}", "strict=false", "length_check.m_max=20",
+                          "length_check.random_n=3"])  # fmt: skip
+    record = length_check.run(cfg)
+    assert record["status"] == "failed" and record["metrics"]["mismatches"] > 0
+
+
 def test_failed_job_is_recorded_and_strict_raises(tmp_path) -> None:
     base = ["experiment=ci_smoke", f"output_dir={tmp_path}", "encoder.tag=contaudio/no-such-card"]
     record = bench.run(compose_config([*base, "strict=false"]))
