@@ -21,10 +21,15 @@ INT_FULL_SCALE: dict[np.dtype, float] = {
     np.dtype(np.int16): float(2**15),  # 32768
     np.dtype(np.int32): float(2**31),  # 2147483648
 }
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))  # float16: exact in float32
 SUPPORTED_DTYPES = FLOAT_DTYPES + tuple(INT_FULL_SCALE)
+# torch dtypes taken as input: the numpy ones, plus bfloat16 (numpy has none; upcast to float32).
+SUPPORTED_TORCH_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int16, torch.int32)
 # Highest sample rate we accept: 768 kHz is the top rate of professional converters.
 MAX_SAMPLE_RATE = 768_000
+# Lowest: below 1 kHz is a unit mistake (kHz passed as Hz: 16 for 16000), and upsampling such a
+# clip to 16 kHz would multiply its memory by > 16 (a 1 s clip "at 16 Hz" becomes 1000 s).
+MIN_SAMPLE_RATE = 1_000
 
 ResamplePolicy = Literal["resample", "raise"]
 ChannelPolicy = Literal["average", "raise"]
@@ -71,36 +76,39 @@ def check_sample_rate(sr: Any) -> int:
             "pass e.g. int(sr) if your loader returns a float"
         )
     sr = int(sr)
-    if sr <= 0 or sr > MAX_SAMPLE_RATE:
-        raise ValueError(f"sample rate must be in 1..{MAX_SAMPLE_RATE} Hz, got {sr}")
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        hint = " (a rate in kHz? pass it in Hz)" if 0 < sr < MIN_SAMPLE_RATE else ""
+        raise ValueError(f"sample rate must be in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, got {sr}{hint}")
     return sr
 
 
-def as_numpy(wav: Any) -> np.ndarray:
-    """Accept a numpy array or a torch tensor (any device); anything else is a TypeError."""
+def waveform_shape(wav: Any) -> tuple[int, int]:
+    """Validate type, dtype, rank and channel axis without reading a sample; return ``(C, N)``.
+
+    Shared by ``prepare_waveform`` and ``find_length``, so both reject the same clips
+    with the same message (``find_length`` never touches the data).
+    """
     if isinstance(wav, torch.Tensor):
-        if wav.is_complex():
-            raise TypeError(f"wav must be real-valued audio, got a complex tensor of dtype {wav.dtype}")
-        if wav.dtype == torch.bfloat16 or wav.dtype == torch.float16:
-            wav = wav.float()
-        return wav.detach().cpu().numpy()
-    if isinstance(wav, np.ndarray):
-        return wav
-    raise TypeError(f"wav must be a numpy array or torch tensor of shape [C, N] or [N], got {type(wav).__name__}")
-
-
-def check_waveform(wav: np.ndarray) -> np.ndarray:
-    """Validate dtype, rank and channel axis; return a ``[C, N]`` view of ``wav``."""
-    if wav.dtype not in SUPPORTED_DTYPES:
-        names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
-        raise TypeError(f"wav dtype {wav.dtype} is not supported; use one of: {names}")
-    if wav.ndim == 1:
-        wav = wav[None, :]
-    elif wav.ndim != 2:
+        if wav.dtype not in SUPPORTED_TORCH_DTYPES:
+            names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_TORCH_DTYPES)
+            kind = "complex " if wav.is_complex() else ""
+            raise TypeError(f"wav {kind}tensor dtype {wav.dtype} is not supported; use one of: {names}")
+        if wav.is_meta:
+            raise ValueError("wav is on the meta device (a shape without data); pass a tensor that holds samples")
+    elif isinstance(wav, np.ndarray):
+        if wav.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+            names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+            raise TypeError(f"wav dtype {wav.dtype} is not supported; use one of: {names}")
+    else:
+        raise TypeError(f"wav must be a numpy array or torch tensor of shape [C, N] or [N], got {type(wav).__name__}")
+    shape = tuple(wav.shape)
+    if len(shape) == 1:
+        shape = (1, *shape)
+    elif len(shape) != 2:
         raise ValueError(
-            f"wav must have shape [C, N] (channels, samples) or [N], got {wav.ndim}-D shape {tuple(wav.shape)}"
+            f"wav must have shape [C, N] (channels, samples) or [N], got {len(shape)}-D shape {tuple(wav.shape)}"
         )
-    channels, num_samples = wav.shape
+    channels, num_samples = shape
     if num_samples == 0 or channels == 0:
         raise ValueError(f"wav is empty (shape {tuple(wav.shape)}); drop empty clips before preprocessing")
     if channels > num_samples:
@@ -108,7 +116,55 @@ def check_waveform(wav: np.ndarray) -> np.ndarray:
             f"wav has shape {tuple(wav.shape)}, read as {channels} channels of {num_samples} samples; "
             "it looks like [N, C] (samples, channels): pass wav.T"
         )
-    return wav
+    return channels, num_samples
+
+
+def as_numpy(wav: Any) -> np.ndarray:
+    """A numpy array or torch tensor (any device) -> numpy array in native byte order."""
+    if isinstance(wav, torch.Tensor):
+        if wav.dtype == torch.bfloat16:
+            wav = wav.float()
+        return wav.detach().cpu().numpy()
+    if isinstance(wav, np.ndarray):
+        return wav if wav.dtype.isnative else wav.astype(wav.dtype.newbyteorder("="))
+    raise TypeError(f"wav must be a numpy array or torch tensor of shape [C, N] or [N], got {type(wav).__name__}")
+
+
+def check_waveform(wav: np.ndarray) -> np.ndarray:
+    """Validate dtype, rank and channel axis; return a ``[C, N]`` view of ``wav``."""
+    waveform_shape(wav)
+    return wav[None, :] if wav.ndim == 1 else wav
+
+
+def check_policy(channels: int, num_samples: int, sr: int, target_sr: int, policy: AudioPolicy) -> None:
+    """Raise where ``policy`` refuses a clip of this layout (no data is read)."""
+    if channels > 1 and policy.multichannel == "raise":
+        raise ValueError(f"wav has {channels} channels; pass mono audio or set multichannel='average'")
+    if sr != target_sr and policy.resample == "raise":
+        raise ValueError(
+            f"audio is {sr} Hz but the encoder expects {target_sr} Hz; resample it or set resample='resample'"
+        )
+    if policy.max_duration_s is not None and num_samples / sr > policy.max_duration_s:
+        raise ValueError(
+            f"clip is {num_samples / sr:.1f} s, longer than max_duration_s={policy.max_duration_s}; "
+            "split it or raise the limit"
+        )
+
+
+def check_layout(wav: Any, sr: Any, target_sr: int, policy: AudioPolicy) -> tuple[int, int, int]:
+    """Everything ``prepare_waveform`` checks before reading samples; return ``(sr, C, N)``."""
+    sr = check_sample_rate(sr)
+    channels, num_samples = waveform_shape(wav)
+    check_policy(channels, num_samples, sr, target_sr, policy)
+    return sr, channels, num_samples
+
+
+def check_not_empty_after_resampling(resampled: int, num_samples: int, sr: int, target_sr: int) -> None:
+    """Raise when resampling leaves no sample (e.g. 1 sample at 44.1 kHz -> 16 kHz)."""
+    if resampled == 0:
+        raise ValueError(
+            f"clip of {num_samples} samples at {sr} Hz is empty after resampling to {target_sr} Hz; drop it"
+        )
 
 
 def to_float_mono(wav: np.ndarray, policy: AudioPolicy) -> np.ndarray:
@@ -123,7 +179,8 @@ def to_float_mono(wav: np.ndarray, policy: AudioPolicy) -> np.ndarray:
         wav = wav.mean(axis=0, dtype=np.float64)
     else:
         wav = wav[0]
-    wav = np.asarray(wav, dtype=np.float32)
+    # contiguous, writable float32 (copies only negative-stride, read-only or non-float32 input)
+    wav = np.require(wav, dtype=np.float32, requirements=["C_CONTIGUOUS", "WRITEABLE"])
     if not np.isfinite(wav).all():
         bad = np.flatnonzero(~np.isfinite(wav))
         raise ValueError(
@@ -156,15 +213,9 @@ def prepare_waveform(wav: Any, sr: Any, target_sr: int, policy: AudioPolicy = Au
 
     Raises TypeError/ValueError (with the fix) for unsupported dtypes, bad ranks,
     ``[N, C]`` layouts, empty clips, NaN/Inf, bad sample rates and over-long clips.
+    Every check that needs no sample runs before any copy (``check_layout``).
     """
-    sr = check_sample_rate(sr)
-    wav = check_waveform(as_numpy(wav))
-    if policy.max_duration_s is not None and wav.shape[1] / sr > policy.max_duration_s:
-        raise ValueError(
-            f"clip is {wav.shape[1] / sr:.1f} s, longer than max_duration_s={policy.max_duration_s}; "
-            "split it or raise the limit"
-        )
-    mono = resample(to_float_mono(wav, policy), sr, target_sr, policy)
-    if mono.size == 0:
-        raise ValueError(f"clip of {wav.shape[1]} samples at {sr} Hz is empty after resampling to {target_sr} Hz")
+    sr, _, num_samples = check_layout(wav, sr, target_sr, policy)
+    mono = resample(to_float_mono(check_waveform(as_numpy(wav)), policy), sr, target_sr, policy)
+    check_not_empty_after_resampling(mono.size, num_samples, sr, target_sr)
     return normalize(mono) if policy.normalize else mono

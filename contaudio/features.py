@@ -115,22 +115,38 @@ def stft_length(num_samples: int, cfg: FeatureConfig) -> int:
     return min(needed, cfg.n_samples) if num_samples <= cfg.n_samples else needed
 
 
+LOG_MEL_BLOCK_FRAMES = 4096  # STFT frames per block in log_mel (~41 s): temporaries stay small for any length
+
+
 def log_mel(wav: np.ndarray | torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     """Log-mel of one mono clip: ``[N]`` float -> ``[ceil(N / hop), n_mels]`` float32.
 
     Equal to ``WhisperFeatureExtractor(...)(wav, padding="max_length")`` on its
     ``ceil(N / hop)`` valid frames, at a cost proportional to N rather than 300 s.
+    The STFT runs over blocks of ``LOG_MEL_BLOCK_FRAMES`` frames written into one
+    ``[frames, n_mels]`` buffer, so peak memory is the clip, one padded copy and
+    the output (plus a constant), however long the clip.
     """
     wav = torch.as_tensor(wav, dtype=torch.float32)
     num_samples = wav.shape[-1]
+    half = cfg.n_fft // 2
     padded = torch.nn.functional.pad(wav, (0, stft_length(num_samples, cfg) - num_samples))
+    padded = torch.nn.functional.pad(padded[None], (half, half), mode="reflect")[0]  # torch.stft(center=True)'s
     seen = frames_seen(num_samples, cfg)
-    spec = torch.stft(padded, cfg.n_fft, cfg.hop_length, window=hann_window(cfg.n_fft), return_complex=True)
-    power = spec[:, :seen].abs().square()  # [n_freq, seen]
-    log_spec = (power.T @ mel_filters(cfg)).clamp_(min=LOG_FLOOR).log10_()  # [seen, n_mels]
-    log_spec = torch.maximum(log_spec, log_spec.max() - DYNAMIC_RANGE)
-    valid = log_spec[: mel_frames(num_samples, cfg.hop_length)]
-    return ((valid + LOG_OFFSET) / LOG_SCALE).contiguous()
+    log_spec = torch.empty(seen, cfg.n_mels)  # [seen, n_mels]
+    for start in range(0, seen, LOG_MEL_BLOCK_FRAMES):
+        stop = min(start + LOG_MEL_BLOCK_FRAMES, seen)
+        segment = padded[start * cfg.hop_length : (stop - 1) * cfg.hop_length + cfg.n_fft]
+        spec = torch.stft(
+            segment, cfg.n_fft, cfg.hop_length, window=hann_window(cfg.n_fft), center=False, return_complex=True
+        )  # [n_freq, stop - start]
+        torch.matmul(spec.abs().square_().T, mel_filters(cfg), out=log_spec[start:stop])
+    log_spec = log_spec.clamp_(min=LOG_FLOOR).log10_()
+    log_spec = log_spec.clamp_(min=float(log_spec.max()) - DYNAMIC_RANGE)
+    return log_spec[: mel_frames(num_samples, cfg.hop_length)].add_(LOG_OFFSET).div_(LOG_SCALE)
+
+
+STFT_BLOCK_FRAMES = 1024  # padded STFT frames per batched call (~10 s of audio): buffers stay in cache
 
 
 def fits_batched_stft(num_samples: int, cfg: FeatureConfig) -> bool:
@@ -138,42 +154,88 @@ def fits_batched_stft(num_samples: int, cfg: FeatureConfig) -> bool:
 
     True unless the extractor's ``n_samples`` cap applies (``n_samples - n_fft // 2 - 1 < N <= n_samples``):
     those clips are padded to exactly ``n_samples`` so their end mirror holds clip samples, as the extractor's.
+
+    >>> cfg = FeatureConfig(chunk_length=300)
+    >>> [fits_batched_stft(n, cfg) for n in (16000, cfg.n_samples - 201, cfg.n_samples - 200, cfg.n_samples + 1)]
+    [True, True, False, True]
     """
     return stft_length(num_samples, cfg) == num_samples + cfg.n_fft // 2 + 1
 
 
-def log_mel_batch(wavs: list[np.ndarray | torch.Tensor], cfg: FeatureConfig) -> list[torch.Tensor]:
-    """Log-mel of several mono clips with ONE batched STFT: ``[N_i]`` each -> ``[ceil(N_i / hop), n_mels]`` each.
+def stft_blocks(num_samples: list[int], cfg: FeatureConfig, max_block_frames: int | None) -> list[list[int]]:
+    """Group clip indices, longest first, so each block's padded STFT holds <= ``max_block_frames`` frames.
 
-    Equal to ``[log_mel(w, cfg) for w in wavs]``: every clip is zero-padded to
-    the longest clip's :func:`stft_length` (more zeros past a clip never change
-    its frames, see :func:`fits_batched_stft`), and each clip's clamp maximum is
-    taken over its own :func:`frames_seen` frames. Clips within ``n_fft // 2``
-    samples below ``n_samples`` go through :func:`log_mel` one by one.
+    A clip longer than the budget gets a block of its own; ``None`` puts every
+    clip in one block. Sorting by length keeps the padding small.
+
+    >>> stft_blocks([16000, 1600, 320000, 3200], FeatureConfig(), 2048)
+    [[2], [0, 3, 1]]
+    """
+    order = sorted(range(len(num_samples)), key=lambda i: num_samples[i], reverse=True)
+    if max_block_frames is None:
+        return [order] if order else []
+    blocks: list[list[int]] = []
+    block_frames = 0  # padded frames per clip of the current block (its first, longest clip)
+    for index in order:
+        if blocks and (len(blocks[-1]) + 1) * block_frames <= max_block_frames:
+            blocks[-1].append(index)
+        else:
+            blocks.append([index])
+            block_frames = stft_length(num_samples[index], cfg) // cfg.hop_length + 1
+    return blocks
+
+
+def log_mel_block(clips: list[torch.Tensor], cfg: FeatureConfig) -> list[torch.Tensor]:
+    """:func:`log_mel` of clips that all :func:`fits_batched_stft`, with ONE STFT.
+
+    ``[N_i]`` each -> ``[ceil(N_i / hop), n_mels]`` each.
+
+    Clips are zero-padded to the longest one's :func:`stft_length`; the clamp
+    maximum of each clip is taken over its own :func:`frames_seen` frames.
+    """
+    lengths = [clip.shape[0] for clip in clips]
+    padded = torch.zeros(len(clips), max(stft_length(n, cfg) for n in lengths))  # [B, samples]
+    for row, clip in enumerate(clips):
+        padded[row, : lengths[row]] = clip
+    seen = torch.tensor([frames_seen(n, cfg) for n in lengths])  # [B]
+    spec = torch.stft(padded, cfg.n_fft, cfg.hop_length, window=hann_window(cfg.n_fft), return_complex=True)
+    power = spec[:, :, : int(seen.max())].abs().square()  # [B, n_freq, max_seen]
+    log_spec = (power.transpose(1, 2) @ mel_filters(cfg)).clamp_(min=LOG_FLOOR).log10_()  # [B, max_seen, n_mels]
+    past_seen = torch.arange(log_spec.shape[1]) >= seen[:, None]  # [B, max_seen]
+    peak = log_spec.amax(dim=2).masked_fill_(past_seen, -torch.inf).amax(dim=1)  # [B]
+    log_spec = log_spec.clamp_(min=(peak - DYNAMIC_RANGE)[:, None, None]).add_(LOG_OFFSET).div_(LOG_SCALE)
+    return [log_spec[row, : mel_frames(n, cfg.hop_length)].clone() for row, n in enumerate(lengths)]
+
+
+def log_mel_batch(
+    wavs: list[np.ndarray | torch.Tensor], cfg: FeatureConfig, max_block_frames: int | None = STFT_BLOCK_FRAMES
+) -> list[torch.Tensor]:
+    """Log-mel of several mono clips with batched STFTs: ``[N_i]`` each -> ``[ceil(N_i / hop), n_mels]`` each.
+
+    Equal (bit for bit) to ``[log_mel(w, cfg) for w in wavs]``. Clips are
+    sorted by length and batched into blocks of at most ``max_block_frames``
+    padded frames (``None``: one STFT over every clip). On CPU one huge STFT is
+    memory-bound and slower than cache-sized blocks; blocks also bound the
+    padding when a long clip meets many short ones. Clips within ``n_fft // 2``
+    samples below ``n_samples`` (see :func:`fits_batched_stft`) and clips longer
+    than one block go one by one through :func:`log_mel`.
     """
     clips = [torch.as_tensor(wav, dtype=torch.float32) for wav in wavs]
-    out: list[torch.Tensor | None] = [None] * len(clips)
-    batched = []
     for index, clip in enumerate(clips):
         if clip.ndim != 1:
             raise ValueError(f"clip {index} must be mono [N], got shape {tuple(clip.shape)}")
-        if fits_batched_stft(clip.shape[0], cfg):
-            batched.append(index)
-        else:
-            out[index] = log_mel(clip, cfg)
-    if batched:
-        lengths = [clips[index].shape[0] for index in batched]
-        padded = torch.zeros(len(batched), max(stft_length(n, cfg) for n in lengths))
-        for row, index in enumerate(batched):
-            padded[row, : lengths[row]] = clips[index]
-        seen = torch.tensor([frames_seen(n, cfg) for n in lengths])
-        spec = torch.stft(padded, cfg.n_fft, cfg.hop_length, window=hann_window(cfg.n_fft), return_complex=True)
-        power = spec[:, :, : int(seen.max())].abs().square()  # [B, n_freq, max_seen]
-        log_spec = (power.transpose(1, 2) @ mel_filters(cfg)).clamp_(min=LOG_FLOOR).log10_()  # [B, max_seen, n_mels]
-        past_seen = torch.arange(log_spec.shape[1]) >= seen[:, None]  # [B, max_seen]
-        peak = log_spec.masked_fill(past_seen[:, :, None], -torch.inf).amax(dim=(1, 2))  # [B]
-        log_spec = torch.maximum(log_spec, (peak - DYNAMIC_RANGE)[:, None, None])
-        log_spec = (log_spec + LOG_OFFSET) / LOG_SCALE
-        for row, index in enumerate(batched):
-            out[index] = log_spec[row, : mel_frames(lengths[row], cfg.hop_length)].clone()
+    out: list[torch.Tensor | None] = [None] * len(clips)
+    budget = max_block_frames if max_block_frames is not None else float("inf")
+    batchable = [
+        i
+        for i, clip in enumerate(clips)
+        if fits_batched_stft(clip.shape[0], cfg) and stft_length(clip.shape[0], cfg) // cfg.hop_length < budget
+    ]
+    for index in sorted(set(range(len(clips))) - set(batchable)):
+        out[index] = log_mel(clips[index], cfg)
+    sizes = [clips[i].shape[0] for i in batchable]
+    for block in stft_blocks(sizes, cfg, max_block_frames):
+        members = [batchable[i] for i in block]
+        for index, mel in zip(members, log_mel_block([clips[i] for i in members], cfg), strict=True):
+            out[index] = mel
     return out

@@ -12,10 +12,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from contaudio.audio import AudioPolicy, ChannelPolicy, ResamplePolicy, check_sample_rate, prepare_waveform
+from contaudio.audio import (
+    AudioPolicy,
+    ChannelPolicy,
+    ResamplePolicy,
+    check_layout,
+    check_not_empty_after_resampling,
+    prepare_waveform,
+)
 from contaudio.encoders import EncoderSource, build_encoder, resolve
 from contaudio.encoders.loading import WeightsMode
-from contaudio.features import log_mel
+from contaudio.encoders.windows import LongClipPolicy, check_clip_frames, check_long_clip_policy
+from contaudio.features import log_mel, log_mel_batch
 from contaudio.lengths import mel_frames, resampled_length
 
 log = logging.getLogger(__name__)
@@ -110,6 +118,8 @@ class ContinuousAudioIO(AbsIO):
         multichannel: "average" (logged once) or "raise" for C > 1.
         max_duration_s: clips longer than this raise (None: no limit).
         normalize: zero-mean/unit-variance the waveform (off, as in Qwen's processor).
+        long_clip: fixed-window encoders (Whisper, Qwen2-Audio: 30 s) on a longer clip:
+            "raise" (default) or "windows" (encode consecutive 30 s windows, concatenate rows).
     """
 
     def __init__(
@@ -127,6 +137,7 @@ class ContinuousAudioIO(AbsIO):
         multichannel: ChannelPolicy = "average",
         max_duration_s: float | None = None,
         normalize: bool = False,
+        long_clip: LongClipPolicy = "raise",
     ) -> None:
         super().__init__()
         if encoder_choice not in ENCODER_CHOICES:
@@ -135,6 +146,7 @@ class ContinuousAudioIO(AbsIO):
         target = parse_device(device)
         self.attn_implementation = check_attn_implementation(attn_implementation, target)
         self.policy = AudioPolicy(resample, multichannel, max_duration_s, normalize)
+        self.long_clip = check_long_clip_policy(long_clip)
         self.source: EncoderSource = resolve(encoder_hf_model_tag, weights, revision)
         self.family = self.source.family
         self.features = self.source.features
@@ -152,6 +164,7 @@ class ContinuousAudioIO(AbsIO):
             self.source.describe(),
             time.perf_counter() - start,
         )
+        self._freeze_unread_parameters()
 
     # ----------------------------------------------------------------- metadata
     @property
@@ -180,8 +193,20 @@ class ContinuousAudioIO(AbsIO):
         wav, sr = _unpack(data)
         mono = prepare_waveform(wav, sr, self.sample_rate, self.policy)
         mel = log_mel(mono, self.features).numpy().copy()  # own the memory: no view of a larger buffer
-        rows = int(self.family.rows(mel.shape[0]))
+        rows = int(self._rows(mel.shape[0]))
         return np.zeros((rows, 1), dtype=np.int64), (rows, mel), np.zeros((rows, 1), dtype=np.float32)
+
+    def preprocess_batch(
+        self, batch: list[tuple[Any, Any]]
+    ) -> list[tuple[np.ndarray, tuple[int, np.ndarray], np.ndarray]]:
+        """``[preprocess(d) for d in batch]`` (equal outputs), with batched STFTs (``log_mel_batch``)."""
+        monos = [prepare_waveform(*_unpack(data), self.sample_rate, self.policy) for data in batch]
+        outputs = []
+        for mel_tensor in log_mel_batch(monos, self.features):
+            mel = mel_tensor.numpy().copy()  # own the memory, as preprocess does
+            rows = int(self._rows(mel.shape[0]))
+            outputs.append((np.zeros((rows, 1), dtype=np.int64), (rows, mel), np.zeros((rows, 1), dtype=np.float32)))
+        return outputs
 
     def find_length(self, data: Any, before_length: int | torch.Tensor | None = None) -> int | torch.Tensor:
         """Encoder rows for a clip, by integer arithmetic only (no STFT, no resampling).
@@ -198,21 +223,26 @@ class ContinuousAudioIO(AbsIO):
                 raise TypeError(f"sample counts must be an integer tensor, got {samples.dtype}")
             if (samples < 0).any():
                 raise ValueError("sample counts must be >= 0")
-            return self.family.rows(mel_frames(samples.long(), self.features.hop_length))
+            return self._rows(mel_frames(samples.long(), self.features.hop_length))
         if isinstance(samples, (bool, np.bool_)) or not isinstance(samples, (int, np.integer)):
             raise TypeError(
                 f"find_length takes (wav, sr), an int sample count or a LongTensor, got {type(samples).__name__}"
             )
         if samples < 0:
             raise ValueError(f"sample count must be >= 0, got {samples}")
-        return int(self.family.rows(mel_frames(int(samples), self.features.hop_length)))
+        return int(self._rows(mel_frames(int(samples), self.features.hop_length)))
+
+    def _rows(self, mel_len: int | torch.Tensor) -> int | torch.Tensor:
+        """The family's length rule, after the ``long_clip`` policy (raises for a too-long clip under "raise")."""
+        check_clip_frames(self.family, mel_len, self.long_clip, self.sample_rate / self.features.hop_length)
+        return self.family.rows(mel_len)
 
     def _samples_at_model_rate(self, wav: Any, sr: Any) -> int:
-        sr = check_sample_rate(sr)
-        shape = tuple(wav.shape) if hasattr(wav, "shape") else ()
-        if len(shape) not in (1, 2):
-            raise ValueError(f"wav must have shape [C, N] or [N], got shape {shape}")
-        return resampled_length(shape[-1], sr, self.sample_rate)
+        # the checks preprocess makes before reading a sample, so both refuse the same clips
+        sr, _, num_samples = check_layout(wav, sr, self.sample_rate, self.policy)
+        samples = resampled_length(num_samples, sr, self.sample_rate)
+        check_not_empty_after_resampling(samples, num_samples, sr, self.sample_rate)
+        return samples
 
     # --------------------------------------------------------------- GPU side
     def encode_batch(self, mel: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
@@ -223,7 +253,7 @@ class ContinuousAudioIO(AbsIO):
         """
         encoder = self._require_encoder()
         mel, lengths = self._check_batch(mel, lengths)
-        rows = self.family.rows(lengths)
+        rows = self._rows(lengths)
         dim = self.feature_dim()
         device = self.device
         outputs = [torch.empty(0, dim, dtype=self.torch_dtype, device=device) for _ in range(len(lengths))]
@@ -244,7 +274,9 @@ class ContinuousAudioIO(AbsIO):
 
     def _check_batch(self, mel: Any, lengths: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(mel, np.ndarray):
-            mel = torch.from_numpy(mel)
+            if mel.dtype.kind != "f":
+                raise TypeError(f"mel must be a floating-point array, got numpy {mel.dtype}")
+            mel = torch.from_numpy(np.ascontiguousarray(mel))  # from_numpy refuses negative strides
         if not isinstance(mel, torch.Tensor):
             raise TypeError(f"mel must be a tensor [B, M_max, n_mels], got {type(mel).__name__}")
         if mel.ndim != 3 or mel.shape[2] != self.n_mels:
@@ -252,9 +284,15 @@ class ContinuousAudioIO(AbsIO):
         if not mel.dtype.is_floating_point:
             raise TypeError(f"mel must be a floating-point tensor, got {mel.dtype}")
         if isinstance(lengths, (list, tuple, np.ndarray)):
-            lengths = torch.as_tensor(np.asarray(lengths))
+            lengths = np.asarray(lengths)
+            if lengths.dtype.kind not in "iu":
+                raise TypeError(f"lengths must be integers, got an array of dtype {lengths.dtype}")
+            lengths = torch.as_tensor(lengths)
         if not isinstance(lengths, torch.Tensor):
             raise TypeError(f"lengths must be a LongTensor [B], got {type(lengths).__name__}")
+        for name, tensor in (("mel", mel), ("lengths", lengths)):
+            if tensor.is_meta:
+                raise ValueError(f"{name} is on the meta device (a shape without data); pass a tensor that holds data")
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
             raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
         batch, max_frames = mel.shape[:2]
@@ -277,6 +315,26 @@ class ContinuousAudioIO(AbsIO):
         touch_all = sum(p.flatten()[0] for p in encoder.parameters() if p.requires_grad)
         return ((out.sum() + touch_all) * 0.0).to(device=ref_tensor.device, dtype=ref_tensor.dtype)
 
+    def _freeze_unread_parameters(self) -> None:
+        """Freeze encoder weights that its forward never reads (Qwen2.5-Omni: ``audio_bos_eos_token``).
+
+        They can never get a gradient, so DDP without ``find_unused_parameters``
+        would fail on every rank that encodes audio ("did not receive grad").
+        Found from the autograd graph of one ``DUMMY_FRAMES`` forward; they stay
+        in ``state_dict``. Call ``requires_grad_(True)`` on one to train it yourself.
+        """
+        encoder = self._require_encoder()
+        mel = torch.zeros(1, DUMMY_FRAMES, self.n_mels, dtype=self.torch_dtype, device=self.device)
+        with torch.inference_mode(False), torch.enable_grad():
+            reached = graph_leaves(self.family.forward(encoder, mel, torch.tensor([DUMMY_FRAMES])))
+        if not reached:  # a forward without a graph (e.g. under no_grad inside) tells nothing
+            return
+        unread = [name for name, p in encoder.named_parameters() if p.requires_grad and id(p) not in reached]
+        for name in unread:
+            encoder.get_parameter(name).requires_grad_(False)
+        if unread:
+            log.info("froze %d encoder weight(s) its forward never reads: %s", len(unread), ", ".join(unread))
+
     def copy_for_worker(self) -> ContinuousAudioIO:
         """A copy without the encoder (no weights, no reload): preprocess/find_length only."""
         clone = copy.copy(self)
@@ -295,6 +353,22 @@ class ContinuousAudioIO(AbsIO):
 
     def extra_repr(self) -> str:
         return f"family={self.family.name}, tag={self.source.tag!r}, dtype={self.torch_dtype}"
+
+
+def graph_leaves(output: torch.Tensor) -> set[int]:
+    """``id`` of every leaf tensor (parameter) that ``output``'s autograd graph reaches."""
+    leaves: set[int] = set()
+    seen: set[Any] = set()
+    stack = [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if (variable := getattr(node, "variable", None)) is not None:  # an AccumulateGrad node
+            leaves.add(id(variable))
+        stack.extend(child for child, _ in node.next_functions)
+    return leaves
 
 
 def _unpack(data: Any) -> tuple[Any, Any]:

@@ -14,12 +14,12 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from contaudio.benchmark import time_fn
 from omegaconf import DictConfig
 from tqdm import tqdm
 from transformers import WhisperFeatureExtractor
 
 from contaudio import ContinuousAudioIO
+from contaudio.benchmark import time_fn
 from experiments import config as _config  # noqa: F401  (registers the schema)
 from experiments.common import pad_mels, random_clip, run_experiment
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -147,7 +148,9 @@ def grid_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Window
     return layout.to_rows(torch.matmul(weights, v).transpose(1, 2))
 
 
-def varlen_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: WindowLayout, scaling: float) -> torch.Tensor:
+def varlen_flash(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: WindowLayout, scaling: float
+) -> torch.Tensor:
     """flash-attn's varlen kernel on the packed rows (no padding at all); shapes as :func:`grid_sdpa`."""
     from flash_attn import flash_attn_varlen_func
 
@@ -202,8 +205,9 @@ def run_layers(
     """The transformer stack on packed rows ``[N, d]`` whose attention is confined to ``layout``'s windows.
 
     One attention call per layer for the whole batch. Honours HF's per-layer
-    ``gradient_checkpointing`` flag (set by ``encoder.gradient_checkpointing_enable()``)
-    when training with grad enabled. Returns ``[N, d]``.
+    activation checkpointing (``encoder.activation_checkpointing_enable()`` sets
+    ``layer.gradient_checkpointing`` and its checkpoint function) when training
+    with grad enabled, as HF's ``GradientCheckpointingLayer`` does. Returns ``[N, d]``.
     """
     if hidden.shape[0] != layout.num_rows:
         raise ValueError(f"hidden has {hidden.shape[0]} rows but the layout holds {layout.num_rows}")
@@ -215,30 +219,31 @@ def run_layers(
             return kernel_fn(q, k, v, layout, scaling)
 
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
-            hidden = checkpoint(encoder_layer_forward, layer, hidden, attend, use_reentrant=False)
+            checkpoint_fn = getattr(layer, "_gradient_checkpointing_func", partial(checkpoint, use_reentrant=False))
+            hidden = checkpoint_fn(partial(encoder_layer_forward, layer, attend=attend), hidden)
         else:
             hidden = encoder_layer_forward(layer, hidden, attend)
     return hidden
 
 
 # ------------------------------------------------------------------ Qwen2.5-Omni
-def chunk_frames_per_clip(lengths: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_frames_per_clip(lengths: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cut each clip into ``chunk_frames``-frame chunks (the last may be shorter).
 
-    lengths: ``(B,)`` mel frames per clip (CPU, >= 1).
-    Returns ``chunk_lengths (num_chunks,)`` and ``clip_of_chunk (num_chunks,)``,
-    in clip order then time order.
+    lengths: ``(B,)`` mel frames per clip (CPU, >= 1). Returns, for every chunk
+    in clip order then time order, ``(num_chunks,)`` tensors: its frames, its
+    clip, and its index within the clip.
 
-    >>> lengths, clips = chunk_frames_per_clip(torch.tensor([450, 200, 3]), 200)
-    >>> lengths.tolist(), clips.tolist()
-    ([200, 200, 50, 200, 3], [0, 0, 0, 1, 2])
+    >>> frames, clips, index = chunk_frames_per_clip(torch.tensor([450, 200, 3]), 200)
+    >>> frames.tolist(), clips.tolist(), index.tolist()
+    ([200, 200, 50, 200, 3], [0, 0, 0, 1, 2], [0, 1, 2, 0, 0])
     """
     counts = ceil_div(lengths, chunk_frames)  # (B,)
     clip_of_chunk = torch.repeat_interleave(torch.arange(len(lengths)), counts)
     first_chunk = F.pad(counts.cumsum(0)[:-1], (1, 0))
     index_in_clip = torch.arange(len(clip_of_chunk)) - first_chunk[clip_of_chunk]
     chunk_lengths = (lengths[clip_of_chunk] - index_in_clip * chunk_frames).clamp(max=chunk_frames)
-    return chunk_lengths, clip_of_chunk
+    return chunk_lengths, clip_of_chunk, index_in_clip
 
 
 def mel_chunks(mel: torch.Tensor, lengths: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,10 +259,8 @@ def mel_chunks(mel: torch.Tensor, lengths: torch.Tensor, chunk_frames: int) -> t
     width = min(chunk_frames, max_len)
     per_clip = ceil_div(max_len, width)
     grid = F.pad(mel[:, :max_len], (0, 0, 0, per_clip * width - max_len)).reshape(batch * per_clip, width, n_mels)
-    chunk_lengths, clip_of_chunk = chunk_frames_per_clip(lengths, chunk_frames)
-    first_chunk = F.pad(ceil_div(lengths, chunk_frames).cumsum(0)[:-1], (1, 0))
-    grid_index = clip_of_chunk * per_clip + torch.arange(len(clip_of_chunk)) - first_chunk[clip_of_chunk]
-    chunks = grid.index_select(0, grid_index.to(mel.device))
+    chunk_lengths, clip_of_chunk, index_in_clip = chunk_frames_per_clip(lengths, chunk_frames)
+    chunks = grid.index_select(0, (clip_of_chunk * per_clip + index_in_clip).to(mel.device))  # [num_chunks, W, n_mels]
     valid = torch.arange(width) < chunk_lengths[:, None]  # [num_chunks, W]
     chunks = torch.where(valid.to(mel.device)[:, :, None], chunks, 0.0)
     return chunks.transpose(1, 2), chunk_lengths
@@ -284,7 +287,9 @@ def check_lengths(mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Validate ``lengths (B,)`` against ``mel [B, M_max, n_mels]``; returns them as CPU int64."""
     lengths = lengths.detach().to("cpu", torch.long)
     if mel.ndim != 3 or lengths.shape != (mel.shape[0],) or mel.shape[0] == 0:
-        raise ValueError(f"expected mel [B, M_max, n_mels] and lengths [B], got {tuple(mel.shape)}, {tuple(lengths.shape)}")
+        raise ValueError(
+            f"expected mel [B, M_max, n_mels] and lengths [B], got {tuple(mel.shape)}, {tuple(lengths.shape)}"
+        )
     if int(lengths.min()) < 1 or int(lengths.max()) > mel.shape[1]:
         raise ValueError(f"lengths must lie in 1..M_max={mel.shape[1]}, got {lengths.tolist()}")
     return lengths

@@ -34,6 +34,9 @@ class EncoderFamily:
     rows: the exact length rule, mel frames -> encoder rows.
     forward: the fast batched forward; ``reference_forward`` is HF's own.
     default_features: feature config used when a checkpoint ships none.
+    window_frames: mel frames the encoder takes at once (3000 = 30 s for Whisper and
+        Qwen2-Audio: every clip is padded to the window); ``None`` for encoders that take
+        any length. Clips longer than the window follow ``ContinuousAudioIO(long_clip=...)``.
     """
 
     name: str
@@ -46,6 +49,7 @@ class EncoderFamily:
     reference_forward: ForwardFn
     default_features: FeatureConfig
     output_dim_key: str = "output_dim"
+    window_frames: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def encoder_config(self, raw: dict[str, Any]) -> dict[str, Any]:

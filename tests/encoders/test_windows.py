@@ -1,0 +1,64 @@
+"""Fixed-window machinery: the silence level the extractor pads with, window splitting, the long-clip policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_QWEN_OMNI, TINY_WHISPER, card_extractor, noise
+
+from contaudio import ContinuousAudioIO
+from contaudio.encoders import get_family
+from contaudio.encoders.windows import ClipTooLongError, check_clip_frames, silence_level, split_into_windows
+from contaudio.features import FeatureConfig, frames_seen, log_mel
+
+
+@pytest.mark.parametrize("card", ["openai/whisper-tiny", "Qwen/Qwen2-Audio-7B"])
+def test_silence_level_is_what_the_extractor_pads_with(rng, speech_clips, card: str) -> None:
+    """Every frame past the clip (after the <= 2 straddling ones) of HF's 30 s output is our level."""
+    extractor = card_extractor(card)
+    cfg = FeatureConfig.from_dict(extractor.to_dict())
+    clips = [noise(rng, n, scale) for n in (1, 161, 1600, 16000, 77777) for scale in (0.1, 1e-6)]  # 1e-6: -1.5 floor
+    clips += [noise(rng, 479_000), np.zeros(8000, dtype=np.float32), *speech_clips.values()]
+    for wav in clips:
+        padded = extractor(wav, sampling_rate=16000, padding="max_length", return_tensors="np")["input_features"][0]
+        mel = log_mel(wav, cfg)
+        level = float(silence_level(mel[None], torch.tensor([mel.shape[0]]))[0])
+        np.testing.assert_allclose(padded[:, frames_seen(len(wav), cfg) :], level, atol=1e-5, rtol=0)
+
+
+def test_split_into_windows_cuts_consecutive_windows_and_fills_the_last() -> None:
+    mel = torch.arange(2 * 7 * 2, dtype=torch.float32).reshape(2, 7, 2)  # two clips, 7 frames padded, 2 mels
+    windows, frames = split_into_windows(mel, torch.tensor([7, 2]), window_frames=3)
+    assert frames.tolist() == [3, 3, 1, 2]
+    level_a = float(mel[0].max()) - 2.0
+    level_b = float(mel[1, :2].max()) - 2.0
+    torch.testing.assert_close(windows[0], mel[0, 0:3])
+    torch.testing.assert_close(windows[1], mel[0, 3:6])
+    torch.testing.assert_close(
+        windows[2], torch.stack([mel[0, 6], torch.full((2,), level_a), torch.full((2,), level_a)])
+    )
+    torch.testing.assert_close(windows[3], torch.cat([mel[1, :2], torch.full((1, 2), level_b)]))
+
+
+def test_policy_check_only_concerns_windowed_families() -> None:
+    whisper, omni = get_family("whisper"), get_family("qwen2_5_omni")
+    check_clip_frames(whisper, 3000, "raise", 100.0)
+    check_clip_frames(whisper, 30001, "windows", 100.0)
+    check_clip_frames(omni, 10**6, "raise", 100.0)
+    check_clip_frames(whisper, torch.tensor([], dtype=torch.long), "raise", 100.0)
+    with pytest.raises(ClipTooLongError, match=r"at most 3000 mel frames \(30 s\).*a clip of 3001 frames"):
+        check_clip_frames(whisper, 3001, "raise", 100.0)
+    with pytest.raises(ClipTooLongError, match="2 clip"):
+        check_clip_frames(whisper, torch.tensor([5, 3001, 9000]), "raise", 100.0)
+
+
+def test_unknown_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="long_clip must be one of"):
+        ContinuousAudioIO(encoder_hf_model_tag=TINY_WHISPER, weights="random", dtype="float32", long_clip="truncate")
+
+
+def test_unwindowed_family_ignores_the_policy() -> None:
+    io = ContinuousAudioIO(encoder_hf_model_tag=TINY_QWEN_OMNI, weights="random", dtype="float32")
+    assert io.long_clip == "raise" and io.family.window_frames is None
+    assert io.find_length(400 * 16000) == 10000  # a 400 s clip: no window, no error
