@@ -33,6 +33,6 @@ sweep:
 	$(PYTHON) -m experiments.report $(SWEEP_DIR)
 
 # All three experiments on every family's tiny card, tracker off, failures fatal (CI runs this).
-SMOKE_ENCODERS ?= tiny_qwen_omni
+SMOKE_ENCODERS ?= tiny_qwen_omni,tiny_qwen3_omni,tiny_qwen2_audio,tiny_whisper,tiny_voxtral
 smoke:
 	$(PYTHON) -m experiments.suite -m experiment=ci_smoke encoder=$(SMOKE_ENCODERS) hydra.sweep.dir=multirun/ci_smoke

@@ -150,6 +150,7 @@ class ContinuousAudioIO(AbsIO):
         self.source: EncoderSource = resolve(encoder_hf_model_tag, weights, revision)
         self.family = self.source.family
         self.features = self.source.features
+        self._feature_dim = self.family.output_dim(self.source.encoder_config)
         start = time.perf_counter()
         self.encoder: nn.Module | None = build_encoder(
             self.source, weights, self.torch_dtype, self.attn_implementation, seed
@@ -181,7 +182,7 @@ class ContinuousAudioIO(AbsIO):
 
     def feature_dim(self) -> int:
         """The encoder's output width (3584 for Qwen2.5-Omni-7B, 2048 for -3B)."""
-        return int(self.source.encoder_config[self.family.output_dim_key])
+        return self._feature_dim
 
     # --------------------------------------------------------------- CPU side
     def preprocess(self, data: tuple[Any, Any]) -> tuple[np.ndarray, tuple[int, np.ndarray], np.ndarray]:

@@ -57,6 +57,7 @@ def io_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "device": resolve_device(cfg.device.name),
         "attn_implementation": cfg.attn.implementation,
         "max_duration_s": cfg.encoder.max_duration_s,
+        "long_clip": cfg.encoder.long_clip,
         "seed": cfg.seed,
     }
 

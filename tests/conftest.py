@@ -133,6 +133,7 @@ def hf_audio_tower(model: torch.nn.Module) -> torch.nn.Module:
 TINY_QWEN3_OMNI = "contaudio/tiny-qwen3-omni"
 TINY_QWEN2_AUDIO = "contaudio/tiny-qwen2-audio"
 TINY_WHISPER = "contaudio/tiny-whisper"
+TINY_VOXTRAL = "contaudio/tiny-voxtral"
 TINY_TEXT = {"vocab_size": 160, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
              "num_attention_heads": 2, "num_key_value_heads": 1}  # fmt: skip
 TINY_AUDIO_TOKEN = 7  # an id inside the tiny vocabulary
@@ -233,6 +234,23 @@ def save_tiny_whisper(directory, *, max_shard_size: str = "10GB"):
     return model.eval()
 
 
+def save_tiny_voxtral(directory, *, max_shard_size: str = "40KB"):
+    """Save a tiny random FULL Voxtral (audio tower + projector + Llama LM), sharded, with its feature config."""
+    from transformers import VoxtralConfig, VoxtralForConditionalGeneration
+
+    config = VoxtralConfig(
+        audio_config={"model_type": "voxtral_encoder", **card_encoder_config(TINY_VOXTRAL)},
+        text_config={"model_type": "llama", **TINY_TEXT},
+        audio_token_id=TINY_AUDIO_TOKEN,
+    )
+    torch.manual_seed(4324)
+    model = VoxtralForConditionalGeneration(config)
+    perturb_(model, seed=4)
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
+    card_extractor(TINY_VOXTRAL).save_pretrained(directory)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen3_omni_checkpoint(tmp_path_factory):
     """(directory, model): a tiny random full Qwen3-Omni saved as several safetensors shards."""
@@ -252,6 +270,13 @@ def tiny_whisper_checkpoint(tmp_path_factory):
     """(directory, model): a tiny random full Whisper saved as one model.safetensors."""
     directory = tmp_path_factory.mktemp("tiny-whisper")
     return directory, save_tiny_whisper(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_voxtral_checkpoint(tmp_path_factory):
+    """(directory, model): a tiny random full Voxtral saved as several safetensors shards."""
+    directory = tmp_path_factory.mktemp("tiny-voxtral")
+    return directory, save_tiny_voxtral(directory)
 
 
 def padded_batch(mels: list[np.ndarray], extra: int = 0, fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Encoder registry: importing this package registers every supported family."""
 
-from contaudio.encoders import qwen2_5_omni, qwen2_audio, qwen3_omni, whisper  # noqa: F401  (register the families)
+from contaudio.encoders import qwen2_5_omni, qwen2_audio, qwen3_omni, voxtral, whisper  # noqa: F401  (register)
 from contaudio.encoders.cards import Card, all_cards, find_card
 from contaudio.encoders.loading import EncoderSource, WeightsNotFoundError, build_encoder, resolve
 from contaudio.encoders.registry import FAMILIES, EncoderFamily, family_for_model_type, get_family, register

@@ -62,6 +62,14 @@ class EncoderFamily:
             node = node[key]
         return dict(node)
 
+    def output_dim(self, encoder_config: dict[str, Any]) -> int:
+        """Width of the encoder's output rows, read through the HF config class.
+
+        The class applies its ``attribute_map`` (Voxtral names ``d_model`` ``hidden_size``).
+        """
+        config = self.config_class(**{k: v for k, v in encoder_config.items() if k != "model_type"})
+        return int(getattr(config, self.output_dim_key))
+
 
 FAMILIES: dict[str, EncoderFamily] = {}
 
