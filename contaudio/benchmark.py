@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from contaudio.lengths import conv_out
+from contaudio.lengths import WINDOW_FRAMES, ceil_div, conv_out
 
 FLOPS_PER_MAC = 2  # one multiply-accumulate = 2 floating-point operations
 CONV_KERNEL = 3  # the Qwen audio towers' conv1/conv2 kernel size
@@ -24,6 +24,8 @@ QKV_OUT_PROJECTIONS = 4  # q, k, v and out projections, each d x d
 MLP_MATMULS = 2  # fc1 (d -> ffn) and fc2 (ffn -> d)
 ATTENTION_MATMULS = 2  # q @ k^T and weights @ v
 DEFAULT_GEMM_SIZE = 4096
+# FLOP rule of a family: (encoder config as a dict or HF config object, mel frames per clip) -> FLOPs
+FlopsRule = Callable[[Mapping[str, Any] | Any, Sequence[int] | torch.Tensor], float]
 
 
 def sync(device: torch.device | str | None) -> None:
@@ -90,6 +92,29 @@ def encoder_flops(encoder_config: Mapping[str, Any] | Any, lengths: Sequence[int
             macs += count * chunk
         macs += (conv_out(int(length), CONV_STRIDE) // POOL_STRIDE) * d * output_dim
     return float(FLOPS_PER_MAC * macs)
+
+
+def windowed_encoder_flops(
+    encoder_config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor, window_frames: int = WINDOW_FRAMES
+) -> float:
+    """FLOPs of a Whisper-style fixed-window encoder (Whisper, Qwen2-Audio, Voxtral) over clips of ``lengths`` frames.
+
+    Every clip costs ``ceil(M / W)`` whole windows (the encoder computes the padding
+    too: it attends over the full window). Per window of ``W`` frames and
+    ``R = W // 2`` rows (d = d_model): conv1 ``2 * W * n_mels * 3 * d``, conv2
+    ``2 * R * d * 3 * d``, and per layer ``2 * R * (4 d^2 + 2 d ffn) + 2 * 2 R^2 d``.
+    Matmuls only; Qwen2-Audio's average pool and the final norm are not counted.
+    HF config objects resolve aliases (Voxtral's ``hidden_size`` is ``d_model``).
+    """
+    d = _config_value(encoder_config, "d_model")
+    ffn = _config_value(encoder_config, "encoder_ffn_dim")
+    layers = _config_value(encoder_config, "encoder_layers")
+    n_mels = _config_value(encoder_config, "num_mel_bins")
+    rows = conv_out(window_frames, CONV_STRIDE)
+    window = window_frames * n_mels * CONV_KERNEL * d + rows * d * CONV_KERNEL * d
+    window += layers * (rows * (QKV_OUT_PROJECTIONS * d * d + MLP_MATMULS * d * ffn) + ATTENTION_MATMULS * rows**2 * d)
+    windows = int(ceil_div(torch.as_tensor(lengths), window_frames).sum())
+    return float(FLOPS_PER_MAC * window * windows)
 
 
 def matmul_peak_flops(

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from transformers import WhisperFeatureExtractor
 
 from contaudio import ContinuousAudioIO
-from contaudio.benchmark import time_fn
+from contaudio.benchmark import matmul_peak_flops, time_fn
 from experiments import config as _config  # noqa: F401  (registers the schema)
 from experiments.common import pad_mels, random_clip, run_experiment
 
@@ -56,7 +56,12 @@ def bench_preprocess(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Gene
     for duration in tqdm(b.preprocess_durations_s, desc="preprocess", leave=False):
         clips = [random_clip(rng, int(duration * sr)) for _ in range(b.preprocess_clips)]
         ours = time_fn(partial(preprocess_all, io, clips), b.warmup, b.repeats, None) / len(clips)
-        row = {"duration_s": duration, "ours_ms": ours * 1e3, "ours_audio_s_per_s": duration / ours}
+        batch = [(clip, sr) for clip in clips]
+        batched = time_fn(partial(io.preprocess_batch, batch), b.warmup, b.repeats, None) / len(clips)
+        row = {
+            "duration_s": duration, "ours_ms": ours * 1e3, "ours_audio_s_per_s": duration / ours,
+            "batched_ms": batched * 1e3, "batched_audio_s_per_s": duration / batched,
+        }  # fmt: skip
         if extractor is not None:
             hf = time_fn(partial(extract_all, extractor, clips), b.warmup, b.repeats, None) / len(clips)
             row.update(hf_ms=hf * 1e3, speedup_vs_hf=hf / ours)
@@ -64,8 +69,14 @@ def bench_preprocess(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Gene
     return rows
 
 
-def bench_encode(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """audio-seconds/s, rows/s and real-time factor of encode_batch vs HF's own tower forward."""
+def bench_encode(
+    cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator, peak_flops: float | None
+) -> list[dict[str, Any]]:
+    """audio-seconds/s, rows/s, real-time factor and MFU of encode_batch vs HF's own tower forward.
+
+    MFU = the family's matmul FLOPs / seconds / ``peak_flops`` (the GEMM probe in the
+    same dtype on the same device); omitted when either is unknown.
+    """
     b, sr, device = cfg.bench, io.sample_rate, io.device
     rows = []
     grid = [(d, n) for d in b.durations_s for n in b.batch_sizes]
@@ -75,6 +86,7 @@ def bench_encode(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generato
         batch = batch.to(device)
         out_rows = int(io.family.rows(lengths).sum())
         audio_s = duration * batch_size
+        flops = io.family.flops(io.encoder.config, lengths) if io.family.flops and peak_flops else None
         with torch.inference_mode():
             ours = time_fn(partial(io.encode_batch, batch, lengths), b.warmup, b.repeats, device)
             row = {
@@ -86,6 +98,10 @@ def bench_encode(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generato
                 reference = partial(io.family.reference_forward, io.encoder, typed, lengths)
                 ref = time_fn(reference, b.warmup, b.repeats, device)
                 row.update(hf_s=ref, hf_audio_s_per_s=audio_s / ref, speedup_vs_hf=ref / ours)
+        if flops is not None:
+            row.update(ours_tflops=flops / ours / 1e12, ours_mfu=flops / ours / peak_flops)
+            if "hf_s" in row:
+                row.update(hf_mfu=flops / row["hf_s"] / peak_flops)
         rows.append(row)
     return rows
 
@@ -97,9 +113,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         rng = np.random.default_rng(cfg.seed)
         copy_s = time_fn(io.copy_for_worker, cfg.bench.warmup, cfg.bench.repeats, None)
         pre = bench_preprocess(cfg, io, rng)
-        enc = bench_encode(cfg, io, rng)
+        gemm = cfg.bench.gemm_size
+        peak = matmul_peak_flops(io.torch_dtype, io.device, gemm, cfg.bench.warmup, cfg.bench.repeats) if gemm else None
+        enc = bench_encode(cfg, io, rng, peak)
         metrics = {
             "copy_for_worker_ms": copy_s * 1e3,
+            "matmul_peak_tflops": peak / 1e12 if peak else None,
             "peak_memory_mib": peak_memory_mib(io.device),
             "preprocess": {f"{r['duration_s']:g}s": r for r in pre},
             "encode": {f"{r['duration_s']:g}s_x{r['batch_size']}": r for r in enc},

@@ -11,7 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
 
-from contaudio.benchmark import encoder_flops, matmul_peak_flops, time_fn
+from contaudio import ContinuousAudioIO
+from contaudio.benchmark import encoder_flops, matmul_peak_flops, time_fn, windowed_encoder_flops
 from contaudio.encoders.qwen2_5_omni import hf_forward
 
 # whole chunks only: HF's conv also runs on the padding of a short last chunk, which we do not count
@@ -29,6 +30,18 @@ def test_flops_match_torch_flop_counter(lengths: list[int]) -> None:
         hf_forward(encoder, mel, lengths_t)
     assert encoder_flops(tiny_audio_config(), lengths_t) == counter.get_total_flops()
     assert encoder_flops(config, lengths) == counter.get_total_flops()  # HF config objects work too
+
+
+@pytest.mark.parametrize("tag", ["contaudio/tiny-whisper", "contaudio/tiny-qwen2-audio", "contaudio/tiny-voxtral"])
+def test_windowed_flops_match_torch_flop_counter(tag: str) -> None:
+    """Every clip costs whole 3000-frame windows: a short clip one, a 35 s clip two."""
+    io = ContinuousAudioIO(encoder_hf_model_tag=tag, weights="random", dtype="float32", attn_implementation="eager",
+                           long_clip="windows")  # fmt: skip
+    lengths = torch.tensor([3000, 100, 3500])
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        io.encode_batch(torch.zeros(3, 3500, io.n_mels), lengths)
+    assert windowed_encoder_flops(io.encoder.config, lengths) == counter.get_total_flops()
+    assert io.family.flops is windowed_encoder_flops
 
 
 def test_flops_grow_with_tail_chunk() -> None:

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
 
+from contaudio.benchmark import encoder_flops
 from contaudio.encoders.packed import qwen2_5_omni_packed_forward as packed_forward
 from contaudio.encoders.registry import EncoderFamily, register
 from contaudio.features import FeatureConfig
@@ -52,5 +53,6 @@ QWEN2_5_OMNI = register(
         forward=packed_forward,
         reference_forward=hf_forward,
         default_features=QWEN_OMNI_FEATURES,
+        flops=encoder_flops,
     )
 )

@@ -19,6 +19,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.qwen2_audio.configuration_qwen2_audio import Qwen2AudioEncoderConfig
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
+from contaudio.benchmark import windowed_encoder_flops
 from contaudio.encoders.registry import EncoderFamily, register
 from contaudio.encoders.whisper import check_window
 from contaudio.encoders.windows import split_into_windows
@@ -57,6 +58,7 @@ QWEN2_AUDIO = register(
         forward=qwen2_audio_forward,
         reference_forward=qwen2_audio_forward,
         default_features=QWEN2_AUDIO_FEATURES,
+        flops=windowed_encoder_flops,
         output_dim_key="d_model",
         window_frames=WINDOW_FRAMES,
     )

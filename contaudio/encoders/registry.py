@@ -20,6 +20,8 @@ from contaudio.features import FeatureConfig
 LengthRule = Callable[[Any], Any]
 # (encoder, mel [B, M_max, n_mels] in the encoder's dtype/device, lengths [B] LongTensor) -> [sum rows, D]
 ForwardFn = Callable[[PreTrainedModel, torch.Tensor, torch.Tensor], torch.Tensor]
+# (encoder config, mel frames per clip) -> matmul FLOPs of one forward (contaudio.benchmark)
+FlopsFn = Callable[[Any, Any], float]
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class EncoderFamily:
     window_frames: mel frames the encoder takes at once (3000 = 30 s for Whisper and
         Qwen2-Audio: every clip is padded to the window); ``None`` for encoders that take
         any length. Clips longer than the window follow ``ContinuousAudioIO(long_clip=...)``.
+    flops: matmul FLOPs of one forward, for the bench's MFU figure (``None``: not reported).
     """
 
     name: str
@@ -50,6 +53,7 @@ class EncoderFamily:
     default_features: FeatureConfig
     output_dim_key: str = "output_dim"
     window_frames: int | None = None
+    flops: FlopsFn | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def encoder_config(self, raw: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from transformers.models.voxtral.configuration_voxtral import VoxtralEncoderConfig
 from transformers.models.voxtral.modeling_voxtral import VoxtralEncoder
 
+from contaudio.benchmark import windowed_encoder_flops
 from contaudio.encoders.registry import EncoderFamily, register
 from contaudio.encoders.whisper import whisper_forward
 from contaudio.features import FeatureConfig
@@ -32,6 +33,7 @@ VOXTRAL = register(
         forward=whisper_forward,
         reference_forward=whisper_forward,
         default_features=VOXTRAL_FEATURES,
+        flops=windowed_encoder_flops,
         output_dim_key="d_model",
         window_frames=WINDOW_FRAMES,
     )

@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedModel, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from contaudio.benchmark import windowed_encoder_flops
 from contaudio.encoders.registry import EncoderFamily, register
 from contaudio.encoders.windows import split_into_windows
 from contaudio.features import FeatureConfig
@@ -57,6 +58,7 @@ WHISPER = register(
         forward=whisper_forward,
         reference_forward=whisper_forward,
         default_features=WHISPER_FEATURES,
+        flops=windowed_encoder_flops,
         output_dim_key="d_model",
         window_frames=WINDOW_FRAMES,
     )

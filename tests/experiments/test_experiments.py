@@ -21,10 +21,13 @@ def test_bench_reports_ours_and_reference(smoke_cfg, tmp_path) -> None:
     assert read(tmp_path, "bench")["metrics"] == json.loads(json.dumps(record["metrics"]))
     metrics = record["metrics"]
     assert set(metrics["encode"]) == {"1s_x1", "1s_x4", "3s_x1", "3s_x4"}
+    assert metrics["matmul_peak_tflops"] > 0
     for row in metrics["encode"].values():
         assert row["ours_audio_s_per_s"] > 0 and row["hf_audio_s_per_s"] > 0 and row["speedup_vs_hf"] > 0
+        assert 0 < row["ours_mfu"] < 1 and 0 < row["hf_mfu"] < 1
     for row in metrics["preprocess"].values():
         assert row["speedup_vs_hf"] > 1  # the reference pads every clip to 300 s
+        assert row["batched_audio_s_per_s"] > 0
     assert metrics["build_s"] >= 0 and metrics["peak_memory_mib"] > 0 and metrics["copy_for_worker_ms"] >= 0
     env = record["environment"]
     assert env["packages"]["torch"] and env["cpu"] and "git_commit" in env
