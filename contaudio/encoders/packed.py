@@ -318,3 +318,119 @@ def qwen2_5_omni_packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: 
     starts = pool_pair_starts(conv_out(lengths, CONV_STRIDE)).to(hidden.device)
     hidden = (hidden[starts] + hidden[starts + 1]) / POOL_STRIDE
     return encoder.proj(encoder.ln_post(hidden))
+
+
+# -------------------------------------------------------------------- Qwen3-Omni
+QWEN3_CONV_LAYERS = 3  # conv2d1..3, each k3 s2 p1 over (mel, time)
+# torch 2.13 on CPU: a bfloat16 Conv2d (k3 s2 p1) whose input is fewer than 3 frames wide returns
+# garbage (errors of O(1) up to 1e37, or NaN), which HF's own forward inherits for clips of <= 8
+# frames. Such narrow convs run in float32 here (tests/encoders/test_packed.py shows the bug).
+BF16_CPU_CONV_MIN_WIDTH = 3
+
+
+def conv2d_bf16_safe(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, computed in float32 (cast back) where CPU bf16 gets narrow inputs wrong."""
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.shape[-1] < BF16_CPU_CONV_MIN_WIDTH:
+        bias = None if conv.bias is None else conv.bias.float()
+        return F.conv2d(x.float(), conv.weight.float(), bias, conv.stride, conv.padding).to(x.dtype)
+    return conv(x)
+
+
+def qwen3_chunk_rows(frames: torch.Tensor) -> torch.Tensor:
+    """Rows a chunk of ``frames`` mel frames gives after the three stride-2 convs: ``(num_chunks,)``.
+
+    >>> qwen3_chunk_rows(torch.tensor([100, 37, 1])).tolist()
+    [13, 5, 1]
+    """
+    rows = frames
+    for _ in range(QWEN3_CONV_LAYERS):
+        rows = conv_out(rows, CONV_STRIDE)
+    return rows
+
+
+def qwen3_conv_widths(lengths: torch.Tensor, clip_of_chunk: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """Width each chunk is zero-padded to before the conv stack, as HF's forward on the clip ALONE pads it.
+
+    A clip of >= ``chunk_frames`` frames has a full chunk, so all its chunks are padded to
+    ``chunk_frames`` (HF pads to the longest chunk of the call); a shorter clip is one
+    unpadded chunk. The padding matters: the convs do not re-mask it, so a padded
+    tail chunk's last rows see ``gelu(bias)`` from the padding. Returns ``(num_chunks,)``.
+
+    >>> qwen3_conv_widths(torch.tensor([250, 37]), torch.tensor([0, 0, 0, 1]), 100).tolist()
+    [100, 100, 100, 37]
+    """
+    return lengths.clamp(max=chunk_frames)[clip_of_chunk]
+
+
+def qwen3_window_rows(clip_rows: torch.Tensor, window_rows: int) -> torch.Tensor:
+    """Split each clip's rows into attention windows of ``window_rows`` (the last shorter): ``(num_windows,)``.
+
+    clip_rows: ``(B,)`` rows per clip (each >= 1).
+
+    >>> qwen3_window_rows(torch.tensor([60, 13, 5]), 26).tolist()
+    [26, 26, 8, 13, 5]
+    """
+    full = clip_rows // window_rows
+    tail = clip_rows % window_rows
+    counts = full + (tail > 0).long()
+    windows = torch.full((int(counts.sum()),), window_rows, dtype=torch.long)
+    last = counts.cumsum(0) - 1
+    has_tail = tail > 0
+    windows[last[has_tail]] = tail[has_tail]
+    return windows
+
+
+def qwen3_conv_stack(encoder: nn.Module, chunks: torch.Tensor) -> torch.Tensor:
+    """``[n, n_mels, W]`` zero-padded chunks -> ``[n, t, d]``: three conv2d + GELU, conv_out, positions.
+
+    Runs in slices of ``encoder.conv_chunksize`` chunks, as HF does, to bound the conv activations;
+    narrow bf16 convs on CPU run in float32 (:func:`conv2d_bf16_safe`).
+    """
+    outputs = []
+    for part in chunks.unsqueeze(1).split(encoder.conv_chunksize, dim=0):
+        for conv in (encoder.conv2d1, encoder.conv2d2, encoder.conv2d3):
+            part = F.gelu(conv2d_bf16_safe(conv, part))
+        outputs.append(part)
+    embed = torch.cat(outputs)  # [n, channels, freq, t]
+    n, channels, freq, steps = embed.shape
+    embed = encoder.conv_out(embed.permute(0, 3, 1, 2).reshape(n, steps, channels * freq))
+    return embed + encoder.positional_embedding.positional_embedding[:steps].unsqueeze(0).to(embed.dtype)
+
+
+def qwen3_omni_packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Qwen3-Omni audio tower on a padded batch, every clip as HF's forward gives it ALONE: ``[sum rows, output_dim]``.
+
+    mel: ``[B, M_max, n_mels]``; lengths: ``(B,)`` valid frames (any device; read on CPU).
+    The conv stack runs once per chunk width (one call for all clips of >= 100 frames,
+    one per distinct shorter length, see :func:`qwen3_conv_widths`); then the layers run
+    ONCE over the packed rows of the whole batch, attending within windows of
+    ``13 * n_window_infer / 100`` rows per clip; then ln_post, proj1, act, proj2.
+    """
+    lengths = check_lengths(mel, lengths)
+    chunk_frames = CONV_STRIDE * encoder.n_window
+    frames, clip_of_chunk, index_in_clip = chunk_frames_per_clip(lengths, chunk_frames)
+    widths = qwen3_conv_widths(lengths, clip_of_chunk, chunk_frames)
+    chunk_rows = qwen3_chunk_rows(frames)  # (num_chunks,)
+    row_offsets = F.pad(chunk_rows.cumsum(0), (1, 0))  # where each chunk's rows start in the packed order
+    mel = mel.to(encoder.conv2d1.weight.dtype)
+    pieces, destinations = [], []
+    for width in widths.unique().tolist():
+        members = (widths == width).nonzero().flatten()  # chunks padded to this width, in packed order
+        starts = index_in_clip[members] * chunk_frames
+        grid = torch.arange(width)[None, :]  # [1, W]
+        frame_index = (starts[:, None] + grid).clamp(max=mel.shape[1] - 1)  # [n, W]
+        valid = grid < frames[members][:, None]  # [n, W]
+        clips = clip_of_chunk[members]
+        chunks = mel[clips.to(mel.device)[:, None], frame_index.to(mel.device)]  # [n, W, n_mels]
+        chunks = torch.where(valid.to(mel.device)[:, :, None], chunks, 0.0).transpose(1, 2)
+        embed = qwen3_conv_stack(encoder, chunks)  # [n, t, d]
+        keep = torch.arange(embed.shape[1]) < chunk_rows[members][:, None]  # [n, t]
+        pieces.append(embed[keep.to(embed.device)])
+        destinations.append((row_offsets[members][:, None] + torch.arange(embed.shape[1]))[keep])
+    order = torch.cat(destinations).argsort()  # group order -> packed (clip, chunk, row) order
+    hidden = torch.cat(pieces)[order.to(mel.device)]  # [N, d]
+    clip_rows = torch.zeros(len(lengths), dtype=torch.long).index_add_(0, clip_of_chunk, chunk_rows)
+    window = qwen3_chunk_rows(torch.tensor(chunk_frames)) * (encoder.n_window_infer // chunk_frames)
+    layout = WindowLayout.from_window_rows(qwen3_window_rows(clip_rows, int(window)), hidden.device)
+    hidden = run_layers(encoder.layers, hidden, layout, attention_kernel(encoder.config, hidden.device))
+    return encoder.proj2(encoder.act(encoder.proj1(encoder.ln_post(hidden))))

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import copy
+import doctest
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_audio_config
+from conftest import TINY_QWEN3_OMNI, card_encoder_config, perturb_, tiny_audio_config
 from transformers.models.qwen2_5_omni import modeling_qwen2_5_omni as hf_modeling
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
+from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe as qwen3_modeling
+from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
 from contaudio.encoders import get_family, packed
 from contaudio.encoders.packed import (
@@ -20,9 +24,13 @@ from contaudio.encoders.packed import (
     flash_attn_available,
     pool_pair_starts,
     qwen2_5_omni_packed_forward,
+    qwen3_chunk_rows,
+    qwen3_omni_packed_forward,
+    qwen3_window_rows,
 )
 from contaudio.encoders.qwen2_5_omni import hf_forward
-from contaudio.lengths import qwen2_5_omni_rows
+from contaudio.encoders.qwen3_omni import hf_forward_per_clip
+from contaudio.lengths import qwen2_5_omni_rows, qwen3_omni_rows
 
 FP32_TOLERANCE = 1e-4  # max abs, packed vs HF, float32
 LOW_PRECISION_FACTOR = 1.1  # packed bf16/fp16 error vs fp32 may be at most 1.1x HF's own (measured: 1.00)
@@ -227,3 +235,116 @@ def test_cuda_bf16_no_worse_than_hf(attn: str) -> None:
         theirs = errors(hf_forward(encoder, mel.bfloat16(), lengths), ref)
     assert ours[0] <= LOW_PRECISION_FACTOR * theirs[0]
     assert ours[1] <= LOW_PRECISION_FACTOR * theirs[1]
+
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(packed).failed == 0
+
+
+# -------------------------------------------------------------------- Qwen3-Omni
+# < 100 frames (one unpadded chunk alone), chunk edges, and clips across several attention windows
+QWEN3_LENGTHS = [1, 2, 37, 99, 100, 101, 250, 37, 401, 1013]
+QWEN3_WINDOWS = {"2-chunk windows": {"n_window_infer": 200}, "1-chunk windows": {"n_window_infer": 100},
+                 "bigger": {"d_model": 64, "encoder_attention_heads": 4, "encoder_ffn_dim": 128, "encoder_layers": 3,
+                            "n_window_infer": 400}}  # fmt: skip
+
+
+# fp16 max abs error: the CPU flash kernel sums a 13-row window padded to the batch's widest window (104
+# rows) in another order than HF's unpadded call: measured 1.19x HF's max error at equal rms (bf16: 1.00x).
+QWEN3_MAX_ERROR_FACTOR = 1.3
+
+
+def build_qwen3(attn_implementation: str, overrides: dict) -> Qwen3OmniMoeAudioEncoder:
+    """A random Qwen3-Omni tower from the tiny card's config; weights perturbed so biases are non-zero
+    (with zero biases the conv padding leak that decides the one-clip result is invisible)."""
+    config = Qwen3OmniMoeAudioEncoderConfig(**{**card_encoder_config(TINY_QWEN3_OMNI), **overrides})
+    torch.manual_seed(0)
+    encoder = Qwen3OmniMoeAudioEncoder._from_config(config, attn_implementation=attn_implementation)
+    perturb_(encoder, seed=5)
+    return encoder.eval()
+
+
+@pytest.mark.parametrize("attn", ATTN)
+@pytest.mark.parametrize("name", QWEN3_WINDOWS)
+def test_qwen3_packed_matches_hf_one_clip_at_a_time(attn: str, name: str) -> None:
+    encoder = build_qwen3(attn, QWEN3_WINDOWS[name])
+    mel, lengths = padded_batch(QWEN3_LENGTHS)
+    with torch.inference_mode():
+        ours = qwen3_omni_packed_forward(encoder, mel, lengths)
+        ref = hf_forward_per_clip(encoder, mel, lengths)
+    assert ours.shape == ref.shape == (int(qwen3_omni_rows(lengths).sum()), encoder.config.output_dim)
+    assert (ours - ref).abs().max() <= FP32_TOLERANCE
+
+
+def test_qwen3_one_attention_call_per_layer(monkeypatch) -> None:
+    encoder = build_qwen3("sdpa", {})
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    mel, lengths = padded_batch(QWEN3_LENGTHS)
+    with torch.inference_mode():
+        qwen3_omni_packed_forward(encoder, mel, lengths)
+    assert len(calls) == encoder.config.encoder_layers
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_qwen3_low_precision_error_no_worse_than_hf(dtype: torch.dtype) -> None:
+    """Clips of >= 9 frames: below that HF's own bf16 forward is garbage on CPU (next test)."""
+    encoder = build_qwen3("sdpa", QWEN3_WINDOWS["bigger"])
+    low = copy.deepcopy(encoder).to(dtype)
+    mel, lengths = padded_batch([n for n in QWEN3_LENGTHS if n >= NARROW_CHUNK_FRAMES])
+    with torch.inference_mode():
+        ref = hf_forward_per_clip(encoder, mel, lengths)
+        ours = errors(qwen3_omni_packed_forward(low, mel.to(dtype), lengths), ref)
+        theirs = errors(hf_forward_per_clip(low, mel.to(dtype), lengths), ref)
+    assert theirs[0] > 0
+    assert ours[1] <= LOW_PRECISION_FACTOR * theirs[1]
+    assert ours[0] <= QWEN3_MAX_ERROR_FACTOR * theirs[0]
+
+
+NARROW_CHUNK_FRAMES = 9  # a chunk this wide keeps every conv's input >= 3 frames (9 -> 5 -> 3)
+
+
+def test_qwen3_bf16_on_cpu_is_right_for_clips_of_a_few_frames() -> None:
+    """torch's CPU bf16 Conv2d gets inputs < 3 frames wide wrong; HF inherits it for clips of 1..8 frames.
+    Ours runs those convs in float32: every clip stays within bf16 error of the fp32 result."""
+    encoder = build_qwen3("sdpa", QWEN3_WINDOWS["bigger"])
+    low = copy.deepcopy(encoder).to(torch.bfloat16)
+    tiny = list(range(1, NARROW_CHUNK_FRAMES + 3))
+    mel, lengths = padded_batch(tiny)
+    with torch.inference_mode():
+        ref = hf_forward_per_clip(encoder, mel, lengths)
+        ours = qwen3_omni_packed_forward(low, mel.bfloat16(), lengths).float()
+        long_mel, long_lengths = padded_batch([n for n in QWEN3_LENGTHS if n >= NARROW_CHUNK_FRAMES])
+        long_error = errors(qwen3_omni_packed_forward(low, long_mel.bfloat16(), long_lengths),
+                            hf_forward_per_clip(encoder, long_mel, long_lengths))[0]  # fmt: skip
+        hf_low = hf_forward_per_clip(low, mel.bfloat16(), lengths).float()
+    assert torch.isfinite(ours).all()
+    assert (ours - ref).abs().max() <= 2 * long_error  # as close as bf16 gets on ordinary clips
+    hf_wrong = not torch.isfinite(hf_low).all() or (hf_low - ref).abs().max() > 2 * long_error
+    print(f"HF's own bf16 forward on clips of 1..{tiny[-1]} frames: {'wrong' if hf_wrong else 'right'}")
+
+
+def test_qwen3_gradients_match_hf() -> None:
+    encoder = build_qwen3("sdpa", {})
+    mel, lengths = padded_batch(QWEN3_LENGTHS)
+    ours, ours_mel = loss_and_grads(qwen3_omni_packed_forward, encoder, mel, lengths)
+    theirs, theirs_mel = loss_and_grads(hf_forward_per_clip, encoder, mel, lengths)
+    assert set(ours) == set(theirs) == {name for name, _ in encoder.named_parameters()}
+    for name, grad in {**ours, "mel": ours_mel}.items():  # fp32 sums over many rows: relative to the largest entry
+        reference = theirs_mel if name == "mel" else theirs[name]
+        assert (grad - reference).abs().max() <= GRAD_TOLERANCE * max(1.0, reference.abs().max().item()), name
+
+
+def test_qwen3_helpers_match_hf() -> None:
+    lengths = torch.tensor(QWEN3_LENGTHS)
+    frames, _, _ = chunk_frames_per_clip(lengths, 100)
+    _, hf_chunk_lengths = qwen3_modeling.chunk_and_pad_features(torch.zeros(128, int(lengths.sum())), lengths, 50)
+    assert frames.tolist() == hf_chunk_lengths.tolist()
+    assert torch.equal(qwen3_chunk_rows(frames), qwen3_modeling._get_feat_extract_output_lengths(frames))
+    for length in QWEN3_LENGTHS:  # HF's windows for the clip alone
+        one = torch.tensor([length])
+        hf_frames = qwen3_modeling.chunk_and_pad_features(torch.zeros(128, length), one, 50)[1]
+        hf_cu = qwen3_modeling.get_audio_cu_seqlens(hf_frames, one, 200, 50)
+        ours = qwen3_window_rows(qwen3_omni_rows(one), 26)  # 13 rows per chunk * 200 / 100
+        assert ours.tolist() == hf_cu.diff().tolist(), length

@@ -114,8 +114,8 @@ def test_encode_batch_equals_one_hf_call_when_every_clip_has_a_full_chunk(io, hf
 
 
 def test_hf_batched_call_leaks_padding_into_sub_second_clips(io, hf_model, rng) -> None:
-    """Why qwen3_omni_forward groups clips: in ONE HF call a < 100-frame clip sees the padding
-    of the longer chunks (gelu(bias) between the convs), so its features depend on the batch."""
+    """Why the packed forward pads each chunk as for its clip alone: in ONE HF call a < 100-frame clip
+    sees the padding of the longer chunks (gelu(bias) between the convs), so its features depend on the batch."""
     short, long = (torch.from_numpy(io.preprocess((noise(rng, n), 16000))[1][1]) for n in (37 * HOP, 250 * HOP))
     batch, lengths = padded_batch([short.numpy(), long.numpy()])
     rows = qwen3_omni_rows(37)
