@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from contaudio.encoders import all_cards
+from contaudio.encoders.windows import LONG_CLIP_POLICIES
 from contaudio.io import DTYPES, ContinuousAudioIO
 
 
@@ -26,7 +27,7 @@ def encode(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     io = ContinuousAudioIO(
         encoder_hf_model_tag=args.tag, dtype=args.dtype, device=args.device,
-        attn_implementation=args.attn, weights=args.weights,
+        attn_implementation=args.attn, weights=args.weights, long_clip=args.long_clip,
     )  # fmt: skip
     print(f"{args.tag}: {io.family.name}, {args.weights} weights, {io.torch_dtype}, {io.device}, "
           f"D={io.feature_dim()}, built in {time.perf_counter() - start:.1f} s")  # fmt: skip
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     enc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     enc.add_argument("--attn", choices=["sdpa", "eager", "flash_attention_2"], default=None)
+    enc.add_argument(
+        "--long-clip",
+        choices=list(LONG_CLIP_POLICIES),
+        default="raise",
+        help="30 s encoders (Whisper, Qwen2-Audio, Voxtral) on longer files: raise, or encode 30 s windows",
+    )
     enc.add_argument("--out", type=Path, help="write features to this .safetensors file (one tensor per file)")
     enc.set_defaults(func=encode)
     lst = sub.add_parser("cards", help="list the shipped config cards")

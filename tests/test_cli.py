@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+import soundfile
 from conftest import SPEECH_DIR, TINY_QWEN_OMNI
 from safetensors.torch import load_file
 
 from contaudio.cli import main
+from contaudio.encoders import FAMILIES
+from contaudio.encoders.windows import ClipTooLongError
 from contaudio.lengths import qwen2_5_omni_rows
 
 
@@ -29,3 +34,20 @@ def test_encode_prints_lengths_and_writes_features(tmp_path, capsys) -> None:
 def test_cards_lists_the_tiny_card(capsys) -> None:
     main(["cards"])
     assert TINY_QWEN_OMNI in capsys.readouterr().out
+
+
+def test_long_file_on_a_30_s_encoder_needs_the_windows_policy(tmp_path, capsys) -> None:
+    long = tmp_path / "long.wav"
+    soundfile.write(long, np.zeros(31 * 16000, np.float32) + 0.01, 16000)
+    common = ["encode", str(long), "--tag", "contaudio/tiny-whisper", "--weights", "random", "--dtype", "fp32"]
+    with pytest.raises(ClipTooLongError, match="long_clip='windows'"):
+        main(common)
+    main([*common, "--long-clip", "windows"])
+    assert "long.wav" in capsys.readouterr().out
+
+
+def test_cards_lists_every_family(capsys) -> None:
+    main(["cards"])
+    printed = capsys.readouterr().out
+    for family in FAMILIES:
+        assert f" {family} " in printed, family

@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from contaudio.lengths import ceil_div, conv_out
 
-AttentionKernel = Literal["sdpa", "eager", "flash"]
+AttentionKernel = Literal["sdpa", "sdpa_buckets", "eager", "flash"]
 # (q, k, v) packed rows [N, heads, head_dim] -> attention output [N, heads, head_dim]
 AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,6 +62,8 @@ class WindowLayout:
         real key; ``None`` when every window is full.
     cu_seqlens: ``(num_windows + 1,)`` int32 on the device, window boundaries in
         the packed rows (flash-attention's varlen layout).
+    buckets: ``(first row, windows, rows per window)`` of each maximal run of
+        consecutive windows of equal length (one run when all are full).
     """
 
     window_rows: torch.Tensor
@@ -69,6 +71,7 @@ class WindowLayout:
     row_index: torch.Tensor | None
     key_mask: torch.Tensor | None
     cu_seqlens: torch.Tensor
+    buckets: tuple[tuple[int, int, int], ...]
 
     @classmethod
     def from_window_rows(cls, window_rows: torch.Tensor, device: torch.device | str) -> WindowLayout:
@@ -83,12 +86,13 @@ class WindowLayout:
             raise ValueError(f"window_rows must be a non-empty 1-D tensor of counts >= 1, got {window_rows.tolist()}")
         window_len = int(window_rows.max())
         cu_seqlens = F.pad(window_rows.cumsum(0), (1, 0)).to(device=device, dtype=torch.int32)
+        buckets = equal_length_runs(window_rows)
         if bool((window_rows == window_len).all()):
-            return cls(window_rows, window_len, None, None, cu_seqlens)
+            return cls(window_rows, window_len, None, None, cu_seqlens, buckets)
         valid = torch.arange(window_len) < window_rows[:, None]  # [num_windows, window_len]
         row_index = valid.flatten().nonzero().flatten().to(device)
         key_mask = valid[:, None, None, :].to(device)
-        return cls(window_rows, window_len, row_index, key_mask, cu_seqlens)
+        return cls(window_rows, window_len, row_index, key_mask, cu_seqlens, buckets)
 
     @property
     def num_windows(self) -> int:
@@ -112,19 +116,50 @@ class WindowLayout:
         return flat if self.row_index is None else flat.index_select(0, self.row_index)
 
 
+def equal_length_runs(window_rows: torch.Tensor) -> tuple[tuple[int, int, int], ...]:
+    """``(first row, windows, rows per window)`` of each run of consecutive equal-length windows.
+
+    >>> equal_length_runs(torch.tensor([100, 100, 50, 50, 100]))
+    ((0, 2, 100), (200, 2, 50), (300, 1, 100))
+    """
+    lengths, counts = torch.unique_consecutive(window_rows, return_counts=True)
+    starts = F.pad((lengths * counts).cumsum(0)[:-1], (1, 0))
+    return tuple(zip(starts.tolist(), counts.tolist(), lengths.tolist(), strict=True))
+
+
+def sort_windows(window_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder windows longest first (stable), so equal lengths sit together.
+
+    window_rows: ``(num_windows,)`` CPU. Returns the sorted ``(num_windows,)`` and
+    ``(N,)`` packed-row indices: ``rows[index]`` puts the rows in that window order.
+
+    >>> sorted_rows, index = sort_windows(torch.tensor([2, 1, 2]))
+    >>> sorted_rows.tolist(), index.tolist()
+    ([2, 2, 1], [0, 1, 3, 4, 2])
+    """
+    order = torch.sort(window_rows, descending=True, stable=True).indices
+    sorted_rows = window_rows[order]
+    starts = F.pad(window_rows.cumsum(0)[:-1], (1, 0))[order]  # first packed row of each window, in new order
+    first_new = F.pad(sorted_rows.cumsum(0)[:-1], (1, 0))
+    offset = torch.arange(int(sorted_rows.sum())) - torch.repeat_interleave(first_new, sorted_rows)
+    return sorted_rows, torch.repeat_interleave(starts, sorted_rows) + offset
+
+
 def attention_kernel(config: object, device: torch.device) -> AttentionKernel:
     """Which kernel mirrors the encoder's ``config._attn_implementation`` here.
 
     ``"eager"`` -> explicit softmax; ``"flash_attention_2"`` -> varlen flash when
     flash-attn is importable and the tensors are on CUDA; anything else -> SDPA
-    (HF's non-flash path calls SDPA per window, so the numerics are the same).
+    (HF's non-flash path calls SDPA per window, so the numerics are the same):
+    on CUDA one masked call over the padded grid (one launch per layer), on CPU one
+    unmasked call per window length (no padding, no mask: measured faster there).
     """
     implementation = getattr(config, "_attn_implementation", None)
     if implementation == EAGER_IMPLEMENTATION:
         return "eager"
     if implementation == FLASH_IMPLEMENTATION and device.type == "cuda" and flash_attn_available():
         return "flash"
-    return "sdpa"
+    return "sdpa" if device.type == "cuda" else "sdpa_buckets"
 
 
 def flash_attn_available() -> bool:
@@ -136,6 +171,20 @@ def grid_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: WindowL
     q, k, v = (layout.to_grid(t).transpose(1, 2) for t in (q, k, v))  # [windows, heads, window_len, head_dim]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_mask, scale=scaling)
     return layout.to_rows(out.transpose(1, 2))
+
+
+def bucketed_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: WindowLayout, scaling: float
+) -> torch.Tensor:
+    """One unmasked SDPA call per run of equal-length windows, on views of the packed rows; shapes as
+    :func:`grid_sdpa`. Best when windows are sorted by length (:func:`run_windowed_stack` does that)."""
+    outputs = []
+    for start, count, length in layout.buckets:
+        stop = start + count * length
+        grid = (t[start:stop].unflatten(0, (count, length)).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(*grid, scale=scaling)  # [count, heads, length, head_dim]
+        outputs.append(out.transpose(1, 2).flatten(0, 1))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def grid_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: WindowLayout, scaling: float) -> torch.Tensor:
@@ -170,6 +219,7 @@ def varlen_flash(
 
 KERNELS: dict[AttentionKernel, Callable[..., torch.Tensor]] = {
     "sdpa": grid_sdpa,
+    "sdpa_buckets": bucketed_sdpa,
     "eager": grid_eager,
     "flash": varlen_flash,
 }
@@ -224,6 +274,24 @@ def run_layers(
         else:
             hidden = encoder_layer_forward(layer, hidden, attend)
     return hidden
+
+
+def run_windowed_stack(
+    layers: nn.ModuleList, hidden: torch.Tensor, window_rows: torch.Tensor, kernel: AttentionKernel
+) -> torch.Tensor:
+    """:func:`run_layers` on packed rows ``[N, d]`` cut into windows of ``window_rows (num_windows,)``.
+
+    For ``"sdpa_buckets"`` the rows are put in length-sorted window order first and back after
+    (everything but attention is row-wise, so the order is free), giving one SDPA call per
+    distinct window length; the other kernels take the rows as they are. Returns ``[N, d]``.
+    """
+    if kernel != "sdpa_buckets" or len(window_rows.unique()) == 1:
+        return run_layers(layers, hidden, WindowLayout.from_window_rows(window_rows, hidden.device), kernel)
+    sorted_rows, index = sort_windows(window_rows)
+    index = index.to(hidden.device)
+    layout = WindowLayout.from_window_rows(sorted_rows, hidden.device)
+    out = run_layers(layers, hidden.index_select(0, index), layout, kernel)
+    return out.index_select(0, torch.argsort(index))
 
 
 # ------------------------------------------------------------------ Qwen2.5-Omni
@@ -312,9 +380,9 @@ def qwen2_5_omni_packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: 
     embed = F.gelu(encoder.conv2(embed)).transpose(1, 2)  # [num_chunks, L, d]
     positions = encoder.positional_embedding.positional_embedding[: embed.shape[1]]
     embed = embed + positions.unsqueeze(0).to(embed.dtype)
-    layout = WindowLayout.from_window_rows(conv_out(chunk_lengths, CONV_STRIDE), embed.device)
-    hidden = layout.to_rows(embed)  # [N, d]
-    hidden = run_layers(encoder.layers, hidden, layout, attention_kernel(encoder.config, hidden.device))
+    window_rows = conv_out(chunk_lengths, CONV_STRIDE)  # one attention window per chunk
+    hidden = WindowLayout.from_window_rows(window_rows, embed.device).to_rows(embed)  # [N, d]
+    hidden = run_windowed_stack(encoder.layers, hidden, window_rows, attention_kernel(encoder.config, hidden.device))
     starts = pool_pair_starts(conv_out(lengths, CONV_STRIDE)).to(hidden.device)
     hidden = (hidden[starts] + hidden[starts + 1]) / POOL_STRIDE
     return encoder.proj(encoder.ln_post(hidden))
@@ -431,6 +499,6 @@ def qwen3_omni_packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: to
     hidden = torch.cat(pieces)[order.to(mel.device)]  # [N, d]
     clip_rows = torch.zeros(len(lengths), dtype=torch.long).index_add_(0, clip_of_chunk, chunk_rows)
     window = qwen3_chunk_rows(torch.tensor(chunk_frames)) * (encoder.n_window_infer // chunk_frames)
-    layout = WindowLayout.from_window_rows(qwen3_window_rows(clip_rows, int(window)), hidden.device)
-    hidden = run_layers(encoder.layers, hidden, layout, attention_kernel(encoder.config, hidden.device))
+    window_rows = qwen3_window_rows(clip_rows, int(window))
+    hidden = run_windowed_stack(encoder.layers, hidden, window_rows, attention_kernel(encoder.config, hidden.device))
     return encoder.proj2(encoder.act(encoder.proj1(encoder.ln_post(hidden))))
