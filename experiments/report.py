@@ -17,7 +17,8 @@ from experiments.common import markdown_table
 RECORD_GLOB = "record-*.json"
 COLUMNS = (
     "job", "experiment", "status", "encoder", "dtype", "device", "attn", "encode_audio_s_per_s",
-    "hf_encode_audio_s_per_s", "encode_speedup", "preprocess_speedup", "max_abs_error", "length_mismatches",
+    "hf_encode_audio_s_per_s", "encode_speedup", "encode_mfu", "preprocess_speedup", "max_abs_error",
+    "length_mismatches",
 )  # fmt: skip
 
 
@@ -47,12 +48,13 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
             encode_audio_s_per_s=best["ours_audio_s_per_s"],
             hf_encode_audio_s_per_s=best.get("hf_audio_s_per_s"),
             encode_speedup=best.get("speedup_vs_hf"),
+            encode_mfu=best.get("ours_mfu"),
         )
     preprocess = list((metrics.get("preprocess") or {}).values())
     if preprocess and "speedup_vs_hf" in preprocess[0]:
         row["preprocess_speedup"] = min(r["speedup_vs_hf"] for r in preprocess)
     if "max_abs_batched_vs_single" in metrics:
-        row["max_abs_error"] = max(metrics["max_abs_batched_vs_single"], metrics.get("max_abs_vs_hf", 0.0))
+        row["max_abs_error"] = max(metrics["max_abs_batched_vs_single"], metrics.get("max_abs_vs_hf") or 0.0)
     if "mismatches" in metrics:
         row["length_mismatches"] = metrics["mismatches"]
     return row
