@@ -12,12 +12,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
+from transformers import WhisperFeatureExtractor
 
 from contaudio import ContinuousAudioIO
+from contaudio.encoders.windows import silence_level
+from contaudio.lengths import mel_frames
 from experiments import config as _config  # noqa: F401  (registers the schema)
 from experiments.common import pad_mels, random_clip, run_experiment
 
 TINY_CLIP_FRAMES = (1, 2, 3)  # mel frames of the tiny clips mixed into every batch (0, 0 and 1 row)
+CLIP_END_FRAMES = 2  # frames past ceil(N / hop) whose STFT window still overlaps the clip (n_fft // 2 / hop)
 MAX_EXTRA_PADDING = 50  # frames of padding past the longest clip, drawn per batch
 
 
@@ -50,11 +54,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         rows = []
         batches = clip_lengths(cfg, rng, io.sample_rate, io.features.hop_length)
         for batch_index, sizes in enumerate(tqdm(batches, desc="mask_check", leave=False)):
-            mels = [io.preprocess((random_clip(rng, n), io.sample_rate))[1][1] for n in sizes]
+            wavs = [random_clip(rng, n) for n in sizes]
+            mels = [io.preprocess((wav, io.sample_rate))[1][1] for wav in wavs]
             batch, lengths = pad_mels(mels, extra=int(rng.integers(0, MAX_EXTRA_PADDING + 1)))
             with torch.inference_mode():
                 batched = io.encode_batch(batch, lengths)
-                reference = hf_reference(io, batch, lengths) if cfg.mask_check.reference else [None] * len(mels)
+                reference, pipeline = [None] * len(mels), [None] * len(mels)
+                if cfg.mask_check.reference and io.family.window_frames is not None:
+                    reference, pipeline = hf_window_references(io, wavs)
+                elif cfg.mask_check.reference:
+                    reference = hf_reference(io, batch, lengths)
                 for i, (num_samples, mel) in enumerate(zip(sizes, mels, strict=True)):
                     (alone,) = io.encode_batch(torch.from_numpy(mel)[None], lengths[i : i + 1])
                     abs_err, rel_err = max_error(batched[i], alone)
@@ -73,6 +82,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                         hf_abs, hf_rel = max_error(batched[i], reference[i])
                         hf_bound = atol + rtol * float(reference[i].float().abs().max()) if alone.numel() else atol
                         row.update(vs_hf_max_abs=hf_abs, vs_hf_rel=hf_rel, reference_finite=True)
+                    if pipeline[i] is not None:  # recorded, not judged: the clip-end effect (see hf_window_references)
+                        row.update(zip(("vs_hf_pipeline_max_abs", "vs_hf_pipeline_rel"),
+                                       max_error(batched[i], pipeline[i]), strict=True))  # fmt: skip
                         passed = passed and batched[i].shape == reference[i].shape and hf_abs <= hf_bound
                     rows.append({**row, "passed": passed})
         failed = [r for r in rows if not r["passed"]]
@@ -92,6 +104,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 max_rel_vs_hf=max((r["vs_hf_rel"] for r in compared), default=None),
                 reference_nonfinite_clips=len(rows) - len(compared),
             )
+            if io.family.window_frames is not None:  # recorded only: how much a loud clip end moves the rows
+                metrics["max_rel_vs_hf_pipeline"] = max(r["vs_hf_pipeline_rel"] for r in rows)
         return metrics, {"clips": rows}
 
     return run_experiment("mask_check", cfg, body)
@@ -108,6 +122,40 @@ def hf_reference(io: ContinuousAudioIO, batch: torch.Tensor, lengths: torch.Tens
         for index, feats in zip(keep.tolist(), flat.split(rows[keep].tolist()), strict=True):
             out[index] = feats
     return out
+
+
+def hf_window_references(
+    io: ContinuousAudioIO, wavs: list[np.ndarray]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """30 s families, per clip from the waveform: (HF's pipeline with silence from frame M on, HF's pipeline).
+
+    HF's extractor pads each clip to whole 30 s windows (Voxtral's processor does exactly this;
+    Whisper's and Qwen2-Audio's for clips that fit one window) and HF's encoder runs on those
+    windows as they are (``reference_forward`` keeps the frames past the clip). Our mel stops at
+    ``M = ceil(N / hop)`` frames, so the <= 2 frames whose STFT window straddles the clip's end are
+    silence in ours and clip-derived in HF's. The first reference sets exactly those frames to the
+    extractor's silence (every other value HF's own) and is judged; the second is HF's pipeline
+    untouched, recorded to show how much a loud clip end moves the rows.
+    """
+    features = io.features
+    config = {k: v for k, v in features.to_dict().items() if k != "feature_extractor_type"}
+    extractor = WhisperFeatureExtractor(**config)
+    judged, untouched = [], []
+    for wav in wavs:
+        frames = mel_frames(len(wav), features.hop_length)
+        if io.family.rows(frames) == 0:
+            judged.append(torch.empty(0, io.feature_dim()))
+            untouched.append(judged[-1])
+            continue
+        padded = extractor(wav, sampling_rate=features.sampling_rate, padding="longest", truncation=False,
+                           pad_to_multiple_of=features.n_samples, return_tensors="pt")["input_features"]  # fmt: skip
+        mel = padded.transpose(1, 2).to(io.device, io.torch_dtype)  # [1, windows * 3000, n_mels]
+        lengths = torch.tensor([frames])
+        untouched.append(io.family.reference_forward(io.encoder, mel, lengths))
+        edge = mel.clone()
+        edge[:, frames : frames + CLIP_END_FRAMES] = silence_level(mel[:, :frames], lengths).to(mel.dtype)
+        judged.append(io.family.reference_forward(io.encoder, edge, lengths))
+    return judged, untouched
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

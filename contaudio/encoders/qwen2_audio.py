@@ -29,10 +29,15 @@ from contaudio.lengths import WINDOW_FRAMES, conv_out, qwen2_audio_rows, qwen2_a
 QWEN2_AUDIO_FEATURES = FeatureConfig(sampling_rate=16000, feature_size=128, n_fft=400, hop_length=160, chunk_length=30)
 
 
-def qwen2_audio_forward(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """HF's tower on each clip's window(s) with Qwen2AudioModel's padding mask: -> ``[sum rows, d_model]``."""
+def qwen2_audio_forward(
+    encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor, fill: bool = True
+) -> torch.Tensor:
+    """HF's tower on each clip's window(s) with Qwen2AudioModel's padding mask: -> ``[sum rows, d_model]``.
+
+    ``fill=False`` keeps the batch's frames past each clip's end (see :func:`split_into_windows`).
+    """
     check_window(encoder)
-    windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES)  # [K, 3000, n_mels], [K]
+    windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES, fill)  # [K, 3000, n_mels], [K]
     positions = conv_out(WINDOW_FRAMES)  # 1500 rows after conv2
     conv_rows = conv_out(frames)  # [K] valid conv rows (HF: audio_feat_lengths)
     valid = torch.arange(positions, device=windows.device) < conv_rows[:, None]  # [K, 1500]
@@ -47,6 +52,12 @@ def qwen2_audio_forward(encoder: PreTrainedModel, mel: torch.Tensor, lengths: to
     return hidden[keep]
 
 
+def qwen2_audio_forward_as_given(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The reference: HF's tower on windows holding whatever the batch holds past each clip (HF's
+    extractor output padded to 30 s gives Qwen2-Audio's own pipeline)."""
+    return qwen2_audio_forward(encoder, mel, lengths, fill=False)
+
+
 QWEN2_AUDIO = register(
     EncoderFamily(
         name="qwen2_audio",
@@ -56,7 +67,7 @@ QWEN2_AUDIO = register(
         config_class=Qwen2AudioEncoderConfig,
         rows=qwen2_audio_rows,
         forward=qwen2_audio_forward,
-        reference_forward=qwen2_audio_forward,
+        reference_forward=qwen2_audio_forward_as_given,
         default_features=QWEN2_AUDIO_FEATURES,
         flops=windowed_encoder_flops,
         output_dim_key="d_model",

@@ -16,7 +16,7 @@ from transformers.models.voxtral.modeling_voxtral import VoxtralEncoder
 
 from contaudio.benchmark import windowed_encoder_flops
 from contaudio.encoders.registry import EncoderFamily, register
-from contaudio.encoders.whisper import whisper_forward
+from contaudio.encoders.whisper import whisper_forward, whisper_forward_as_given
 from contaudio.features import FeatureConfig
 from contaudio.lengths import WINDOW_FRAMES, whisper_rows
 
@@ -31,7 +31,7 @@ VOXTRAL = register(
         config_class=VoxtralEncoderConfig,
         rows=whisper_rows,
         forward=whisper_forward,
-        reference_forward=whisper_forward,
+        reference_forward=whisper_forward_as_given,
         default_features=VOXTRAL_FEATURES,
         flops=windowed_encoder_flops,
         output_dim_key="d_model",

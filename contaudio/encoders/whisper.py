@@ -37,14 +37,25 @@ def check_window(encoder: PreTrainedModel) -> None:
         )
 
 
-def whisper_forward(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """HF's WhisperEncoder on each clip padded to its window(s): ``[B, M_max, n_mels]`` -> ``[sum rows, d_model]``."""
+def whisper_forward(
+    encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor, fill: bool = True
+) -> torch.Tensor:
+    """HF's WhisperEncoder on each clip padded to its window(s): ``[B, M_max, n_mels]`` -> ``[sum rows, d_model]``.
+
+    ``fill=False`` keeps the batch's frames past each clip's end (see :func:`split_into_windows`).
+    """
     check_window(encoder)
-    windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES)  # [K, 3000, n_mels], [K]
+    windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES, fill)  # [K, 3000, n_mels], [K]
     hidden = encoder(windows.transpose(1, 2)).last_hidden_state  # [K, 1500, d_model]
     rows = conv_out(frames).to(hidden.device)  # [K]
     keep = torch.arange(hidden.shape[1], device=hidden.device) < rows[:, None]  # [K, 1500]
     return hidden[keep]
+
+
+def whisper_forward_as_given(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The reference: HF's encoder on windows holding whatever the batch holds past each clip (pass HF's
+    extractor output padded to whole 30 s windows and this is HF's own pipeline, row for row)."""
+    return whisper_forward(encoder, mel, lengths, fill=False)
 
 
 WHISPER = register(
@@ -56,7 +67,7 @@ WHISPER = register(
         config_class=WhisperConfig,
         rows=whisper_rows,
         forward=whisper_forward,
-        reference_forward=whisper_forward,
+        reference_forward=whisper_forward_as_given,
         default_features=WHISPER_FEATURES,
         flops=windowed_encoder_flops,
         output_dim_key="d_model",

@@ -88,21 +88,25 @@ def silence_level(mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 def split_into_windows(
-    mel: torch.Tensor, lengths: torch.Tensor, window_frames: int
+    mel: torch.Tensor, lengths: torch.Tensor, window_frames: int, fill: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded batch -> one row per window: ``[B, M_max, n_mels]``, ``[B]`` -> ``[K, W, n_mels]``, ``[K]``.
 
     Clip ``i`` becomes ``ceil(M_i / W)`` consecutive windows (one when it fits),
     in clip order; frames past the clip's end hold its :func:`silence_level`,
-    whatever the padded batch held there. The second tensor gives each window's
-    real frames (``W`` for all but a clip's last window).
+    whatever the padded batch held there (``fill=False``: the batch's own frames
+    are kept where it has them, e.g. HF's extractor output padded to whole windows,
+    and only frames past ``M_max`` are silence). The second tensor gives each
+    window's real frames (``W`` for all but a clip's last window).
     """
     lengths = lengths.to(mel.device)
     level = silence_level(mel, lengths).to(mel.dtype)  # [B]
     per_clip = ceil_div(lengths, window_frames)  # [B]
+    mel_frames_given = mel.shape[1]
     span = int(per_clip.max()) * window_frames
     mel = F.pad(mel, (0, 0, 0, span - mel.shape[1])) if mel.shape[1] < span else mel[:, :span]
-    valid = torch.arange(span, device=mel.device) < lengths[:, None]  # [B, span]
+    given = lengths[:, None] if fill else torch.full_like(lengths[:, None], min(mel_frames_given, span))
+    valid = torch.arange(span, device=mel.device) < given  # [B, span]
     filled = torch.where(valid[:, :, None], mel, level[:, None, None])  # [B, span, n_mels]
     windows = filled.reshape(mel.shape[0], -1, window_frames, mel.shape[2])  # [B, max windows, W, n_mels]
     starts = torch.arange(windows.shape[1], device=mel.device) * window_frames  # [max windows]

@@ -201,3 +201,18 @@ def test_dummy_forward_reaches_every_trainable_weight() -> None:
     out.backward()
     assert out.item() == 0.0
     assert not [name for name, p in io.encoder.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def test_reference_forward_on_the_extractors_windows_is_hfs_pipeline(io, hf_model, rng) -> None:
+    """reference_forward keeps the batch's frames past the clip: fed HF's extractor output it IS HF's pipeline.
+    encode_batch (silence past the clip) differs only through the <= 2 frames straddling a loud clip's end."""
+    wav = noise(rng, 5 * 16000 + 77)  # loud to its last sample
+    extractor = card_extractor(TINY_WHISPER)
+    out = extractor(wav, sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="pt")
+    window, frames = out["input_features"][0].T, int(out["attention_mask"].sum())
+    with torch.inference_mode():
+        reference = io.family.reference_forward(io.encoder, window[None], torch.tensor([frames]))
+        pipeline = hf_rows(hf_model, [window], [frames])
+        ours = io.encode_batch(window[None, :frames], torch.tensor([frames]))[0]
+    torch.testing.assert_close(reference, pipeline, atol=ATOL, rtol=0)
+    assert (ours - pipeline).abs().max() > ATOL  # the straddling frames are silence in ours

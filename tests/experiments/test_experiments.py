@@ -84,3 +84,13 @@ def test_suite_and_report(tmp_path) -> None:
     table = (tmp_path / "report.md").read_text()
     assert "bench" in table and "mask_check" in table and "length_check" in table
     assert (tmp_path / "report.png").stat().st_size > 0
+
+
+def test_mask_check_on_a_30_s_family_compares_with_hfs_extractor_and_encoder(tmp_path) -> None:
+    cfg = compose_config(["experiment=ci_smoke", "encoder=tiny_whisper", f"output_dir={tmp_path}",
+                          "mask_check.num_batches=1", "mask_check.long_clip_s=45"])  # fmt: skip
+    record = mask_check.run(cfg)
+    metrics = record["metrics"]
+    assert record["status"] == "ok" and metrics["max_abs_vs_hf"] <= 1e-4
+    assert metrics["max_rel_vs_hf_pipeline"] > metrics["max_rel_vs_hf"]  # noise clips end loud: the edge shows
+    assert any(r["num_samples"] > 30 * 16000 for r in record["tables"]["clips"])
