@@ -27,6 +27,7 @@ pre-norm block; Qwen3-Omni's too) can reuse it with its own windows.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -276,22 +277,50 @@ def run_layers(
     return hidden
 
 
+# CPU: rows per pass through the layer stack. Windows are independent, so a batch can go through the
+# stack in passes of whole windows; passes of ~1k rows ran the 7B tower 15 % faster than one pass of 4k
+# rows on a 2-core AMX machine (activations stay in cache; the weights are re-read, cheaply). CUDA: one pass.
+CPU_ROWS_PER_PASS = 1024
+
+
+def window_passes(window_rows: torch.Tensor, max_rows: int) -> list[tuple[int, int]]:
+    """Cut consecutive windows into passes of about ``max_rows`` rows: ``[(first window, end window), ...]``.
+
+    A window starts a new pass when its first row reaches the next multiple of ``max_rows``, so
+    a pass holds fewer than ``max_rows`` + one window of rows.
+
+    >>> window_passes(torch.tensor([100] * 5 + [30]), 250)
+    [(0, 3), (3, 5), (5, 6)]
+    """
+    starts = F.pad(window_rows.cumsum(0)[:-1], (1, 0))
+    passes = starts // max_rows
+    bounds = [0, *((passes[1:] != passes[:-1]).nonzero().flatten() + 1).tolist(), len(window_rows)]
+    return list(itertools.pairwise(bounds))
+
+
 def run_windowed_stack(
     layers: nn.ModuleList, hidden: torch.Tensor, window_rows: torch.Tensor, kernel: AttentionKernel
 ) -> torch.Tensor:
     """:func:`run_layers` on packed rows ``[N, d]`` cut into windows of ``window_rows (num_windows,)``.
 
-    For ``"sdpa_buckets"`` the rows are put in length-sorted window order first and back after
+    ``"sdpa_buckets"`` (CPU) puts the rows in length-sorted window order first and back after
     (everything but attention is row-wise, so the order is free), giving one SDPA call per
-    distinct window length; the other kernels take the rows as they are. Returns ``[N, d]``.
+    distinct window length, and runs passes of :data:`CPU_ROWS_PER_PASS` rows. The other
+    kernels take all rows in one pass. Returns ``[N, d]``.
     """
-    if kernel != "sdpa_buckets" or len(window_rows.unique()) == 1:
+    if kernel != "sdpa_buckets":
         return run_layers(layers, hidden, WindowLayout.from_window_rows(window_rows, hidden.device), kernel)
-    sorted_rows, index = sort_windows(window_rows)
-    index = index.to(hidden.device)
-    layout = WindowLayout.from_window_rows(sorted_rows, hidden.device)
-    out = run_layers(layers, hidden.index_select(0, index), layout, kernel)
-    return out.index_select(0, torch.argsort(index))
+    index = None
+    if len(window_rows.unique()) > 1:
+        window_rows, index = sort_windows(window_rows)
+        hidden = hidden.index_select(0, index.to(hidden.device))
+    row_starts = F.pad(window_rows.cumsum(0), (1, 0)).tolist()
+    outputs = []
+    for first, end in window_passes(window_rows, CPU_ROWS_PER_PASS):
+        layout = WindowLayout.from_window_rows(window_rows[first:end], hidden.device)
+        outputs.append(run_layers(layers, hidden[row_starts[first] : row_starts[end]], layout, kernel))
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return out if index is None else out.index_select(0, torch.argsort(index).to(out.device))
 
 
 # ------------------------------------------------------------------ Qwen2.5-Omni

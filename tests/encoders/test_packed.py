@@ -43,6 +43,7 @@ BIGGER = {"d_model": 64, "encoder_attention_heads": 4, "encoder_ffn_dim": 128, "
 ODD_CHUNKS = {"n_window": 5}  # 10-frame chunks of 5 rows: pool pairs straddle chunk edges
 CONFIGS = {"tiny": {}, "bigger": BIGGER, "odd-chunks": ODD_CHUNKS}
 ATTN = ("sdpa", "eager")
+ONE_PASS = 10**9  # CPU_ROWS_PER_PASS that keeps any test batch in one pass through the stack
 
 
 def build(attn_implementation: str, overrides: dict, dtype: torch.dtype = torch.float32) -> Qwen2_5OmniAudioEncoder:
@@ -129,6 +130,7 @@ def test_gradients_match_hf(batch, monkeypatch, attn: str, checkpointing: bool) 
     if checkpointing:
         encoder.activation_checkpointing_enable()
         encoder.train()  # dropout is 0 in the card, so train mode changes nothing else
+    monkeypatch.setattr(packed, "CPU_ROWS_PER_PASS", ONE_PASS)
     layer_calls = []
     layer_forward = packed.encoder_layer_forward
     monkeypatch.setattr(
@@ -172,6 +174,7 @@ def test_cpu_runs_one_unmasked_call_per_window_length(batch, monkeypatch) -> Non
     """CPU default: windows sorted by length, one SDPA call per distinct length, no mask, no padding."""
     mel, lengths = batch
     encoder = build("sdpa", {})
+    monkeypatch.setattr(packed, "CPU_ROWS_PER_PASS", ONE_PASS)
     assert attention_kernel(encoder.config, torch.device("cpu")) == "sdpa_buckets"
     calls = []
     sdpa = F.scaled_dot_product_attention
@@ -203,6 +206,22 @@ def test_every_kernel_matches_hf_for_both_towers(batch, monkeypatch, kernel: str
         )
         ours = qwen3_omni_packed_forward(qwen3, qwen3_mel, qwen3_lengths)
         assert (ours - hf_forward_per_clip(qwen3, qwen3_mel, qwen3_lengths)).abs().max() <= FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("rows_per_pass", [1, 60, ONE_PASS])
+def test_cpu_passes_of_whole_windows_change_nothing(batch, monkeypatch, rows_per_pass: int) -> None:
+    """The stack runs in passes of whole windows on CPU; any pass size gives HF's values and gradients."""
+    monkeypatch.setattr(packed, "CPU_ROWS_PER_PASS", rows_per_pass)
+    mel, lengths = batch
+    encoder = build("sdpa", {})
+    ours, ours_mel = loss_and_grads(qwen2_5_omni_packed_forward, encoder, mel, lengths)
+    theirs, theirs_mel = loss_and_grads(hf_forward, encoder, mel, lengths)
+    for name, grad in ours.items():
+        assert (grad - theirs[name]).abs().max() <= GRAD_TOLERANCE, name
+    assert (ours_mel - theirs_mel).abs().max() <= GRAD_TOLERANCE
+    with torch.inference_mode():
+        diff = qwen2_5_omni_packed_forward(encoder, mel, lengths) - hf_forward(encoder, mel, lengths)
+    assert diff.abs().max() <= FP32_TOLERANCE
 
 
 def test_sorted_windows_round_trip() -> None:
