@@ -117,6 +117,51 @@ def windowed_encoder_flops(
     return float(FLOPS_PER_MAC * window * windows)
 
 
+QWEN3_CHUNK_FRAMES = 100  # 2 * n_window: every chunk of a clip of >= 100 frames is padded to this width
+QWEN3_ROWS_PER_CHUNK = 13  # conv_out applied three times to 100 frames
+CONV2D_TAPS = 9  # 3 x 3 kernel
+
+
+def qwen3_omni_encoder_flops(encoder_config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
+    """Matmul FLOPs of the Qwen3-Omni audio tower over clips of ``lengths`` mel frames, as it runs.
+
+    A clip of ``M >= 100`` frames is ``ceil(M / 100)`` chunks, each padded to 100 frames; a shorter
+    clip one chunk of ``M``. Per chunk of width ``w``: three ``3x3 s2`` Conv2d over
+    (mel, time) with ``C = downsample_hidden_size`` channels, ``F_i x T_i`` outputs
+    (``2 F1 T1 C 9 + 2 F2 T2 C^2 9 + 2 F3 T3 C^2 9``) and ``conv_out``
+    (``2 T3 (C F3) d``). Per valid row: ``2 (L (4 d^2 + 2 d ffn) + d^2 + d out)``; per attention
+    window of ``r`` rows and layer ``2 * 2 r^2 d`` (windows of ``13 * n_window_infer / 100`` rows).
+    """
+    d = _config_value(encoder_config, "d_model")
+    ffn = _config_value(encoder_config, "encoder_ffn_dim")
+    layers = _config_value(encoder_config, "encoder_layers")
+    n_mels = _config_value(encoder_config, "num_mel_bins")
+    channels = _config_value(encoder_config, "downsample_hidden_size")
+    output_dim = _config_value(encoder_config, "output_dim")
+    window = QWEN3_ROWS_PER_CHUNK * (_config_value(encoder_config, "n_window_infer") // QWEN3_CHUNK_FRAMES)
+
+    def chunk_macs(width: int) -> int:
+        freq, steps, macs, in_channels = n_mels, width, 0, 1
+        for _ in range(3):
+            freq, steps = conv_out(freq, CONV_STRIDE), conv_out(steps, CONV_STRIDE)
+            macs += freq * steps * in_channels * channels * CONV2D_TAPS
+            in_channels = channels
+        return macs + steps * channels * freq * d
+
+    macs = 0
+    for length in torch.as_tensor(lengths).tolist():
+        full = length >= QWEN3_CHUNK_FRAMES
+        macs += ceil_div(length, QWEN3_CHUNK_FRAMES) * chunk_macs(QWEN3_CHUNK_FRAMES) if full else chunk_macs(length)
+        tail = length % QWEN3_CHUNK_FRAMES
+        for _ in range(3):
+            tail = conv_out(tail, CONV_STRIDE) if tail else 0
+        rows = tail + QWEN3_ROWS_PER_CHUNK * (length // QWEN3_CHUNK_FRAMES)
+        macs += rows * (layers * (QKV_OUT_PROJECTIONS * d * d + MLP_MATMULS * d * ffn) + d * d + d * output_dim)
+        full_windows, rest = divmod(rows, window)
+        macs += layers * ATTENTION_MATMULS * d * (full_windows * window**2 + rest**2)
+    return float(FLOPS_PER_MAC * macs)
+
+
 def matmul_peak_flops(
     dtype: torch.dtype,
     device: torch.device | str,

@@ -12,8 +12,15 @@ from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5O
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
 
 from contaudio import ContinuousAudioIO
-from contaudio.benchmark import encoder_flops, matmul_peak_flops, time_fn, windowed_encoder_flops
+from contaudio.benchmark import (
+    encoder_flops,
+    matmul_peak_flops,
+    qwen3_omni_encoder_flops,
+    time_fn,
+    windowed_encoder_flops,
+)
 from contaudio.encoders.qwen2_5_omni import hf_forward
+from contaudio.encoders.qwen3_omni import hf_forward_per_clip
 
 # whole chunks only: HF's conv also runs on the padding of a short last chunk, which we do not count
 FULL_CHUNK_LENGTHS = [[200], [400, 200], [1000]]
@@ -42,6 +49,18 @@ def test_windowed_flops_match_torch_flop_counter(tag: str) -> None:
         io.encode_batch(torch.zeros(3, 3500, io.n_mels), lengths)
     assert windowed_encoder_flops(io.encoder.config, lengths) == counter.get_total_flops()
     assert io.family.flops is windowed_encoder_flops
+
+
+@pytest.mark.parametrize("lengths", [[200], [400, 200], [37], [250, 1013]])
+def test_qwen3_flops_match_torch_flop_counter(lengths: list[int]) -> None:
+    """Short clips (one unpadded chunk), padded tail chunks and partial attention windows."""
+    io = ContinuousAudioIO(encoder_hf_model_tag="contaudio/tiny-qwen3-omni", weights="random", dtype="float32",
+                           attn_implementation="eager")  # fmt: skip
+    lengths_t = torch.tensor(lengths)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        hf_forward_per_clip(io.encoder, torch.zeros(len(lengths), max(lengths), io.n_mels), lengths_t)
+    assert qwen3_omni_encoder_flops(io.encoder.config, lengths_t) == counter.get_total_flops()
+    assert io.family.flops is qwen3_omni_encoder_flops
 
 
 def test_flops_grow_with_tail_chunk() -> None:

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
+from contaudio.benchmark import qwen3_omni_encoder_flops
 from contaudio.encoders.packed import qwen3_omni_packed_forward
 from contaudio.encoders.qwen2_5_omni import concat_valid_frames
 from contaudio.encoders.registry import EncoderFamily, register
@@ -77,5 +78,6 @@ QWEN3_OMNI = register(
         forward=qwen3_omni_forward,
         reference_forward=hf_forward_per_clip,
         default_features=QWEN3_OMNI_FEATURES,
+        flops=qwen3_omni_encoder_flops,
     )
 )
