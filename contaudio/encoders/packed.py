@@ -423,6 +423,10 @@ QWEN3_CONV_LAYERS = 3  # conv2d1..3, each k3 s2 p1 over (mel, time)
 # garbage (errors of O(1) up to 1e37, or NaN), which HF's own forward inherits for clips of <= 8
 # frames. Such narrow convs run in float32 here (tests/encoders/test_packed.py shows the bug).
 BF16_CPU_CONV_MIN_WIDTH = 3
+# CPU: chunks per conv call. conv2d1's output is [chunks, 480, 64, 50] (3 MB per chunk in bf16); HF's
+# conv_chunksize (500) lets one call of 120 chunks allocate ~370 MB per activation, and 4 x 30 s clips
+# ran 0.7x HF (which convolves clip by clip). Slices of 32 chunks keep each activation ~100 MB.
+CPU_CONV_CHUNKS = 32
 
 
 def conv2d_bf16_safe(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -484,7 +488,8 @@ def qwen3_conv_stack(encoder: nn.Module, chunks: torch.Tensor) -> torch.Tensor:
     narrow bf16 convs on CPU run in float32 (:func:`conv2d_bf16_safe`).
     """
     outputs = []
-    for part in chunks.unsqueeze(1).split(encoder.conv_chunksize, dim=0):
+    per_call = encoder.conv_chunksize if chunks.device.type == "cuda" else CPU_CONV_CHUNKS
+    for part in chunks.unsqueeze(1).split(per_call, dim=0):
         for conv in (encoder.conv2d1, encoder.conv2d2, encoder.conv2d3):
             part = F.gelu(conv2d_bf16_safe(conv, part))
         outputs.append(part)
