@@ -10,6 +10,7 @@ import torch
 from conftest import TINY_QWEN_OMNI, load_speech, noise
 
 from contaudio import AbsIO, ContinuousAudioIO
+from contaudio.encoders import FAMILIES, all_cards, get_family
 from contaudio.lengths import mel_frames, qwen2_5_omni_rows
 
 HOP = 160
@@ -128,6 +129,19 @@ def test_encode_batch_follows_callers_grad_mode(tiny_io, rng) -> None:
     tiny_io.encoder.zero_grad(set_to_none=True)
     with torch.no_grad():
         assert not tiny_io.encode_batch(mel, torch.tensor([mel.shape[1]]))[0].requires_grad
+
+
+TINY_CARDS = sorted(name for name in all_cards() if name.startswith("contaudio/tiny-"))
+
+
+@pytest.mark.parametrize("tag", TINY_CARDS)
+def test_dummy_forward_reaches_every_trainable_weight_of_every_family(tag: str) -> None:
+    io = ContinuousAudioIO(encoder_hf_model_tag=tag, weights="random", dtype="float32")
+    out = io.dummy_forward(torch.zeros(1))
+    out.backward()
+    assert out.item() == 0.0
+    assert not [name for name, p in io.encoder.named_parameters() if p.requires_grad and p.grad is None]
+    assert {get_family(all_cards()[tag].family).name for tag in TINY_CARDS} == set(FAMILIES)  # one per family
 
 
 def test_dummy_forward_reaches_every_parameter(tiny_io) -> None:
