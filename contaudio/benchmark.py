@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from contaudio.lengths import WINDOW_FRAMES, ceil_div, conv_out
+from contaudio.lengths import QWEN3_OMNI_CHUNK_FRAMES, WINDOW_FRAMES, ceil_div, conv_out, qwen3_omni_rows
 
 FLOPS_PER_MAC = 2  # one multiply-accumulate = 2 floating-point operations
 CONV_KERNEL = 3  # the Qwen audio towers' conv1/conv2 kernel size
@@ -117,9 +117,8 @@ def windowed_encoder_flops(
     return float(FLOPS_PER_MAC * window * windows)
 
 
-QWEN3_CHUNK_FRAMES = 100  # 2 * n_window: every chunk of a clip of >= 100 frames is padded to this width
-QWEN3_ROWS_PER_CHUNK = 13  # conv_out applied three times to 100 frames
 CONV2D_TAPS = 9  # 3 x 3 kernel
+QWEN3_CONV_LAYERS = 3  # conv2d1..3, each k3 s2 p1 over (mel, time)
 
 
 def qwen3_omni_encoder_flops(encoder_config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
@@ -138,11 +137,13 @@ def qwen3_omni_encoder_flops(encoder_config: Mapping[str, Any] | Any, lengths: S
     n_mels = _config_value(encoder_config, "num_mel_bins")
     channels = _config_value(encoder_config, "downsample_hidden_size")
     output_dim = _config_value(encoder_config, "output_dim")
-    window = QWEN3_ROWS_PER_CHUNK * (_config_value(encoder_config, "n_window_infer") // QWEN3_CHUNK_FRAMES)
+    window = qwen3_omni_rows(QWEN3_OMNI_CHUNK_FRAMES) * (
+        _config_value(encoder_config, "n_window_infer") // QWEN3_OMNI_CHUNK_FRAMES
+    )
 
     def chunk_macs(width: int) -> int:
         freq, steps, macs, in_channels = n_mels, width, 0, 1
-        for _ in range(3):
+        for _ in range(QWEN3_CONV_LAYERS):
             freq, steps = conv_out(freq, CONV_STRIDE), conv_out(steps, CONV_STRIDE)
             macs += freq * steps * in_channels * channels * CONV2D_TAPS
             in_channels = channels
@@ -150,12 +151,10 @@ def qwen3_omni_encoder_flops(encoder_config: Mapping[str, Any] | Any, lengths: S
 
     macs = 0
     for length in torch.as_tensor(lengths).tolist():
-        full = length >= QWEN3_CHUNK_FRAMES
-        macs += ceil_div(length, QWEN3_CHUNK_FRAMES) * chunk_macs(QWEN3_CHUNK_FRAMES) if full else chunk_macs(length)
-        tail = length % QWEN3_CHUNK_FRAMES
-        for _ in range(3):
-            tail = conv_out(tail, CONV_STRIDE) if tail else 0
-        rows = tail + QWEN3_ROWS_PER_CHUNK * (length // QWEN3_CHUNK_FRAMES)
+        full = length >= QWEN3_OMNI_CHUNK_FRAMES
+        chunks = ceil_div(length, QWEN3_OMNI_CHUNK_FRAMES)
+        macs += chunks * chunk_macs(QWEN3_OMNI_CHUNK_FRAMES) if full else chunk_macs(length)
+        rows = qwen3_omni_rows(length)
         macs += rows * (layers * (QKV_OUT_PROJECTIONS * d * d + MLP_MATMULS * d * ffn) + d * d + d * output_dim)
         full_windows, rest = divmod(rows, window)
         macs += layers * ATTENTION_MATMULS * d * (full_windows * window**2 + rest**2)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import WhisperFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
 
 from contaudio.lengths import mel_frames
@@ -68,6 +69,10 @@ class FeatureConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"feature_extractor_type": "WhisperFeatureExtractor", **asdict(self)}
+
+    def hf_extractor(self) -> WhisperFeatureExtractor:
+        """HF's own extractor configured like this (the reference that :func:`log_mel` matches)."""
+        return WhisperFeatureExtractor(**asdict(self))
 
 
 @lru_cache(maxsize=8)

@@ -193,21 +193,20 @@ class ContinuousAudioIO(AbsIO):
         """
         wav, sr = _unpack(data)
         mono = prepare_waveform(wav, sr, self.sample_rate, self.policy)
-        mel = log_mel(mono, self.features).numpy().copy()  # own the memory: no view of a larger buffer
-        rows = int(self._rows(mel.shape[0]))
-        return np.zeros((rows, 1), dtype=np.int64), (rows, mel), np.zeros((rows, 1), dtype=np.float32)
+        return self._lm_positions(log_mel(mono, self.features))
 
     def preprocess_batch(
         self, batch: list[tuple[Any, Any]]
     ) -> list[tuple[np.ndarray, tuple[int, np.ndarray], np.ndarray]]:
         """``[preprocess(d) for d in batch]`` (equal outputs), with batched STFTs (``log_mel_batch``)."""
         monos = [prepare_waveform(*_unpack(data), self.sample_rate, self.policy) for data in batch]
-        outputs = []
-        for mel_tensor in log_mel_batch(monos, self.features):
-            mel = mel_tensor.numpy().copy()  # own the memory, as preprocess does
-            rows = int(self._rows(mel.shape[0]))
-            outputs.append((np.zeros((rows, 1), dtype=np.int64), (rows, mel), np.zeros((rows, 1), dtype=np.float32)))
-        return outputs
+        return [self._lm_positions(mel) for mel in log_mel_batch(monos, self.features)]
+
+    def _lm_positions(self, mel: torch.Tensor) -> tuple[np.ndarray, tuple[int, np.ndarray], np.ndarray]:
+        """``mel [M, n_mels]`` -> preprocess's ``(zeros [T, 1] int64, (T, mel), zeros [T, 1] float32)``."""
+        mel_array = mel.numpy().copy()  # own the memory: no view of a larger buffer
+        rows = int(self._rows(mel_array.shape[0]))
+        return np.zeros((rows, 1), dtype=np.int64), (rows, mel_array), np.zeros((rows, 1), dtype=np.float32)
 
     def find_length(self, data: Any, before_length: int | torch.Tensor | None = None) -> int | torch.Tensor:
         """Encoder rows for a clip, by integer arithmetic only (no STFT, no resampling).
@@ -311,10 +310,14 @@ class ContinuousAudioIO(AbsIO):
         (zero) for every encoder parameter. Costs one forward of a few frames.
         """
         encoder = self._require_encoder()
-        mel = torch.zeros(1, DUMMY_FRAMES, self.n_mels, dtype=self.torch_dtype, device=self.device)
-        out = self.family.forward(encoder, mel, torch.tensor([DUMMY_FRAMES]))
+        out = self._forward_silence(encoder)
         touch_all = sum(p.flatten()[0] for p in encoder.parameters() if p.requires_grad)
         return ((out.sum() + touch_all) * 0.0).to(device=ref_tensor.device, dtype=ref_tensor.dtype)
+
+    def _forward_silence(self, encoder: nn.Module) -> torch.Tensor:
+        """The family's forward on one all-zero clip of ``DUMMY_FRAMES`` frames: ``[rows, D]``."""
+        mel = torch.zeros(1, DUMMY_FRAMES, self.n_mels, dtype=self.torch_dtype, device=self.device)
+        return self.family.forward(encoder, mel, torch.tensor([DUMMY_FRAMES]))
 
     def _freeze_unread_parameters(self) -> None:
         """Freeze encoder weights that its forward never reads (Qwen2.5-Omni: ``audio_bos_eos_token``).
@@ -325,9 +328,8 @@ class ContinuousAudioIO(AbsIO):
         in ``state_dict``. Call ``requires_grad_(True)`` on one to train it yourself.
         """
         encoder = self._require_encoder()
-        mel = torch.zeros(1, DUMMY_FRAMES, self.n_mels, dtype=self.torch_dtype, device=self.device)
         with torch.inference_mode(False), torch.enable_grad():
-            reached = graph_leaves(self.family.forward(encoder, mel, torch.tensor([DUMMY_FRAMES])))
+            reached = graph_leaves(self._forward_silence(encoder))
         if not reached:  # a forward without a graph (e.g. under no_grad inside) tells nothing
             return
         unread = [name for name, p in encoder.named_parameters() if p.requires_grad and id(p) not in reached]

@@ -51,7 +51,7 @@ def extract_all(extractor: WhisperFeatureExtractor, clips: list[np.ndarray]) -> 
 def bench_preprocess(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) -> list[dict[str, Any]]:
     """ms per clip for ours vs the HF extractor as the checkpoint configures it (max_length padding)."""
     b, sr = cfg.bench, io.sample_rate
-    extractor = WhisperFeatureExtractor(**io.features.to_dict()) if b.reference else None
+    extractor = io.features.hf_extractor() if b.reference else None
     rows = []
     for duration in tqdm(b.preprocess_durations_s, desc="preprocess", leave=False):
         clips = [random_clip(rng, int(duration * sr)) for _ in range(b.preprocess_clips)]

@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
+import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from contaudio import ContinuousAudioIO
+from contaudio.collate import collate_mels
 from contaudio.io import parse_device
 from contaudio.tracking import NullSink, Sink, WandbSink, environment, write_record
 
@@ -173,8 +175,5 @@ def random_clip(rng: np.random.Generator, num_samples: int, scale: float = 0.1) 
 
 def pad_mels(mels: list[np.ndarray], extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """List of ``[M_i, n_mels]`` -> (``[B, max M + extra, n_mels]`` zero-padded, lengths ``[B]``)."""
-    lengths = torch.tensor([m.shape[0] for m in mels], dtype=torch.long)
-    batch = torch.zeros(len(mels), int(lengths.max()) + extra, mels[0].shape[1])
-    for i, mel in enumerate(mels):
-        batch[i, : mel.shape[0]] = torch.from_numpy(mel)
-    return batch, lengths
+    batch, lengths = collate_mels(mels)
+    return F.pad(batch, (0, 0, 0, extra)), lengths

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
-from transformers import WhisperFeatureExtractor
 
 from contaudio import ContinuousAudioIO
 from contaudio.encoders.windows import silence_level
@@ -138,8 +137,7 @@ def hf_window_references(
     untouched, recorded to show how much a loud clip end moves the rows.
     """
     features = io.features
-    config = {k: v for k, v in features.to_dict().items() if k != "feature_extractor_type"}
-    extractor = WhisperFeatureExtractor(**config)
+    extractor = features.hf_extractor()
     judged, untouched = [], []
     for wav in wavs:
         frames = mel_frames(len(wav), features.hop_length)

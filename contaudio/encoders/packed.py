@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from contaudio.lengths import ceil_div, conv_out
+from contaudio.lengths import ceil_div, conv_out, qwen3_omni_rows
 
 AttentionKernel = Literal["sdpa", "sdpa_buckets", "eager", "flash"]
 # (q, k, v) packed rows [N, heads, head_dim] -> attention output [N, heads, head_dim]
@@ -418,7 +418,6 @@ def qwen2_5_omni_packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: 
 
 
 # -------------------------------------------------------------------- Qwen3-Omni
-QWEN3_CONV_LAYERS = 3  # conv2d1..3, each k3 s2 p1 over (mel, time)
 # torch 2.13 on CPU: a bfloat16 Conv2d (k3 s2 p1) whose input is fewer than 3 frames wide returns
 # garbage (errors of O(1) up to 1e37, or NaN), which HF's own forward inherits for clips of <= 8
 # frames. Such narrow convs run in float32 here (tests/encoders/test_packed.py shows the bug).
@@ -435,18 +434,6 @@ def conv2d_bf16_safe(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         bias = None if conv.bias is None else conv.bias.float()
         return F.conv2d(x.float(), conv.weight.float(), bias, conv.stride, conv.padding).to(x.dtype)
     return conv(x)
-
-
-def qwen3_chunk_rows(frames: torch.Tensor) -> torch.Tensor:
-    """Rows a chunk of ``frames`` mel frames gives after the three stride-2 convs: ``(num_chunks,)``.
-
-    >>> qwen3_chunk_rows(torch.tensor([100, 37, 1])).tolist()
-    [13, 5, 1]
-    """
-    rows = frames
-    for _ in range(QWEN3_CONV_LAYERS):
-        rows = conv_out(rows, CONV_STRIDE)
-    return rows
 
 
 def qwen3_conv_widths(lengths: torch.Tensor, clip_of_chunk: torch.Tensor, chunk_frames: int) -> torch.Tensor:
@@ -512,7 +499,7 @@ def qwen3_omni_packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: to
     chunk_frames = CONV_STRIDE * encoder.n_window
     frames, clip_of_chunk, index_in_clip = chunk_frames_per_clip(lengths, chunk_frames)
     widths = qwen3_conv_widths(lengths, clip_of_chunk, chunk_frames)
-    chunk_rows = qwen3_chunk_rows(frames)  # (num_chunks,)
+    chunk_rows = qwen3_omni_rows(frames)  # (num_chunks,): a chunk of <= 100 frames is a clip of its own
     row_offsets = F.pad(chunk_rows.cumsum(0), (1, 0))  # where each chunk's rows start in the packed order
     mel = mel.to(encoder.conv2d1.weight.dtype)
     pieces, destinations = [], []
@@ -531,8 +518,7 @@ def qwen3_omni_packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: to
         destinations.append((row_offsets[members][:, None] + torch.arange(embed.shape[1]))[keep])
     order = torch.cat(destinations).argsort()  # group order -> packed (clip, chunk, row) order
     hidden = torch.cat(pieces)[order.to(mel.device)]  # [N, d]
-    clip_rows = torch.zeros(len(lengths), dtype=torch.long).index_add_(0, clip_of_chunk, chunk_rows)
-    window = qwen3_chunk_rows(torch.tensor(chunk_frames)) * (encoder.n_window_infer // chunk_frames)
-    window_rows = qwen3_window_rows(clip_rows, int(window))
+    window = qwen3_omni_rows(chunk_frames) * (encoder.n_window_infer // chunk_frames)
+    window_rows = qwen3_window_rows(qwen3_omni_rows(lengths), window)
     hidden = run_windowed_stack(encoder.layers, hidden, window_rows, attention_kernel(encoder.config, hidden.device))
     return encoder.proj2(encoder.act(encoder.proj1(encoder.ln_post(hidden))))

@@ -101,13 +101,11 @@ def split_into_windows(
     """
     lengths = lengths.to(mel.device)
     level = silence_level(mel, lengths).to(mel.dtype)  # [B]
-    per_clip = ceil_div(lengths, window_frames)  # [B]
-    mel_frames_given = mel.shape[1]
-    span = int(per_clip.max()) * window_frames
+    kept = lengths[:, None] if fill else mel.shape[1]  # frames of the batch kept, per clip or for all
+    span = int(ceil_div(lengths, window_frames).max()) * window_frames
     mel = F.pad(mel, (0, 0, 0, span - mel.shape[1])) if mel.shape[1] < span else mel[:, :span]
-    given = lengths[:, None] if fill else torch.full_like(lengths[:, None], min(mel_frames_given, span))
-    valid = torch.arange(span, device=mel.device) < given  # [B, span]
-    filled = torch.where(valid[:, :, None], mel, level[:, None, None])  # [B, span, n_mels]
+    valid = torch.arange(span, device=mel.device) < kept  # [B, span] (or [span] when not filling)
+    filled = torch.where(valid[..., None], mel, level[:, None, None])  # [B, span, n_mels]
     windows = filled.reshape(mel.shape[0], -1, window_frames, mel.shape[2])  # [B, max windows, W, n_mels]
     starts = torch.arange(windows.shape[1], device=mel.device) * window_frames  # [max windows]
     real = (lengths[:, None] - starts).clamp(min=0, max=window_frames)  # [B, max windows]

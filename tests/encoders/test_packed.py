@@ -24,7 +24,6 @@ from contaudio.encoders.packed import (
     flash_attn_available,
     pool_pair_starts,
     qwen2_5_omni_packed_forward,
-    qwen3_chunk_rows,
     qwen3_omni_packed_forward,
     qwen3_window_rows,
     sort_windows,
@@ -404,7 +403,7 @@ def test_qwen3_helpers_match_hf() -> None:
     frames, _, _ = chunk_frames_per_clip(lengths, 100)
     _, hf_chunk_lengths = qwen3_modeling.chunk_and_pad_features(torch.zeros(128, int(lengths.sum())), lengths, 50)
     assert frames.tolist() == hf_chunk_lengths.tolist()
-    assert torch.equal(qwen3_chunk_rows(frames), qwen3_modeling._get_feat_extract_output_lengths(frames))
+    assert torch.equal(qwen3_omni_rows(frames), qwen3_modeling._get_feat_extract_output_lengths(frames))
     for length in QWEN3_LENGTHS:  # HF's windows for the clip alone
         one = torch.tensor([length])
         hf_frames = qwen3_modeling.chunk_and_pad_features(torch.zeros(128, length), one, 50)[1]
