@@ -19,6 +19,7 @@ import soxr
 import torch
 
 from contaudio import ContinuousAudioIO
+from contaudio.lengths import WINDOW_FRAMES
 
 TINY_QWEN_OMNI = "contaudio/tiny-qwen2.5-omni"
 SAMPLE_RATE = 16000
@@ -277,6 +278,18 @@ def tiny_voxtral_checkpoint(tmp_path_factory):
     """(directory, model): a tiny random full Voxtral saved as several safetensors shards."""
     directory = tmp_path_factory.mktemp("tiny-voxtral")
     return directory, save_tiny_voxtral(directory)
+
+
+def silence_window(mel: torch.Tensor, level: float) -> torch.Tensor:
+    """``mel`` followed by ``level`` up to 3000 frames (the extractor's silence after the clip)."""
+    window = torch.full((WINDOW_FRAMES, mel.shape[1]), level)
+    window[: mel.shape[0]] = mel
+    return window
+
+
+def expected_silence(mel: torch.Tensor) -> float:
+    """The extractor floor, log10 max - 8 clamped at log10(1e-10), in its (x + 4) / 4 units."""
+    return max(float(mel.max()) - 2.0, -1.5)
 
 
 def padded_batch(mels: list[np.ndarray], extra: int = 0, fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

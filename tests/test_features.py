@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import card_extractor, noise
 from transformers import WhisperFeatureExtractor
 
+from contaudio.encoders import all_cards, get_family
 from contaudio.features import FeatureConfig, frames_seen, log_mel, mel_filters
 from contaudio.lengths import mel_frames
 
@@ -80,3 +82,26 @@ def test_from_dict_reads_preprocessor_config(extractor) -> None:
 def test_from_dict_rejects_what_it_cannot_reproduce(raw: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FeatureConfig.from_dict(raw)
+
+
+CARD_SIZES = [1, 2, 159, 160, 161, 399, 400, 401, 16000, 16001, 112123]  # + the last samples of the padding
+
+
+@pytest.mark.parametrize("card", sorted(all_cards()))
+def test_every_cards_features_match_its_own_extractor(rng, card: str) -> None:
+    """Each shipped card's preprocessor config through HF's extractor vs our actual-length log-mel,
+    up to the end of the extractor's padding (30 s for the window families, 300 s for Qwen-Omni)."""
+    extractor = card_extractor(card)
+    cfg = FeatureConfig.from_dict(extractor.to_dict())
+    family = get_family(all_cards()[card].family)
+    assert cfg.n_mels == all_cards()[card].encoder_config["num_mel_bins"]
+    assert cfg.max_frames == (family.window_frames or family.default_features.max_frames)
+    assert (cfg.sampling_rate, cfg.hop_length, cfg.n_fft) == (16000, HOP, 400)
+    n = cfg.n_samples
+    for num_samples in [*CARD_SIZES, n - HOP - 1, n - 201, n - 1, n]:
+        wav = noise(rng, num_samples)
+        out = extractor(wav, sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="np")
+        ref = out["input_features"][0][:, : int(out["attention_mask"].sum())].T
+        ours = log_mel(wav, cfg).numpy()
+        assert ours.shape == ref.shape == (mel_frames(num_samples, HOP), cfg.n_mels), num_samples
+        assert np.abs(ours - ref).max() <= TOLERANCE, num_samples

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import TINY_AUDIO_TOKEN, TINY_QWEN2_AUDIO, card_extractor, noise, padded_batch, save_tiny_qwen2_audio
+from conftest import (
+    TINY_AUDIO_TOKEN,
+    TINY_QWEN2_AUDIO,
+    card_extractor,
+    expected_silence,
+    noise,
+    padded_batch,
+    save_tiny_qwen2_audio,
+    silence_window,
+)
 from transformers import Qwen2AudioForConditionalGeneration
 
 from contaudio import ContinuousAudioIO
 from contaudio.encoders.windows import ClipTooLongError
-from contaudio.features import FeatureConfig, log_mel
 from contaudio.lengths import WINDOW_FRAMES, mel_frames, qwen2_audio_rows
 
 ATOL = 1e-5
@@ -55,16 +62,6 @@ def hf_audio_features(hf_model, windows: list[torch.Tensor], frames: list[int]) 
         hook.remove()
     (tower,) = captured  # [B, 750, d_model]
     return tower[torch.arange(tower.shape[1]) < rows[:, None]]
-
-
-def silence_window(mel: torch.Tensor, level: float) -> torch.Tensor:
-    window = torch.full((WINDOW_FRAMES, mel.shape[1]), level)
-    window[: mel.shape[0]] = mel
-    return window
-
-
-def expected_silence(mel: torch.Tensor) -> float:
-    return max(float(mel.max()) - 2.0, -1.5)
 
 
 def test_rule_equals_hf_output_lengths_within_the_window(hf_model) -> None:
@@ -183,18 +180,3 @@ def test_find_length_equals_preprocess_and_encoder_rows(io, rng, num_samples: in
     with torch.inference_mode():
         (feats,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
     assert io.find_length(num_samples) == rows == feats.shape[0] == qwen2_audio_rows(mel_frames(num_samples, HOP))
-
-
-@pytest.mark.parametrize("card", ["Qwen/Qwen2-Audio-7B", "Qwen/Qwen2-Audio-7B-Instruct"])
-def test_features_match_the_cards_extractor(rng, card: str) -> None:
-    extractor = card_extractor(card)
-    cfg = FeatureConfig.from_dict(extractor.to_dict())
-    assert (cfg.n_mels, cfg.chunk_length, cfg.max_frames) == (128, 30, WINDOW_FRAMES)
-    sizes = [1, 159, 160, 161, 399, 400, 401, 16000, 16001, 112123,
-             WINDOW_SAMPLES - HOP - 1, WINDOW_SAMPLES - 201, WINDOW_SAMPLES - 1, WINDOW_SAMPLES]  # fmt: skip
-    for n in sizes:
-        wav = noise(rng, n)
-        out = extractor(wav, sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="np")
-        ref = out["input_features"][0][:, : int(out["attention_mask"].sum())].T
-        ours = log_mel(wav, cfg).numpy()
-        assert ours.shape == ref.shape == (mel_frames(n, HOP), 128) and np.abs(ours - ref).max() <= 1e-4, n

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import TINY_WHISPER, card_extractor, noise, padded_batch, save_tiny_whisper
+from conftest import (
+    TINY_WHISPER,
+    card_extractor,
+    expected_silence,
+    noise,
+    padded_batch,
+    save_tiny_whisper,
+    silence_window,
+)
 from transformers import WhisperForConditionalGeneration
 
 from contaudio import ContinuousAudioIO
 from contaudio.encoders.windows import ClipTooLongError
-from contaudio.features import FeatureConfig, log_mel
 from contaudio.lengths import WINDOW_FRAMES, mel_frames, whisper_rows
 
 ATOL = 1e-5
@@ -44,18 +50,6 @@ def hf_rows(hf_model, windows: list[torch.Tensor], frames: list[int]) -> torch.T
     hidden = encoder(torch.stack(windows).transpose(1, 2)).last_hidden_state
     valid = encoder._get_feat_extract_output_lengths(torch.tensor(frames))
     return torch.cat([h[:n] for h, n in zip(hidden, valid.tolist(), strict=True)])
-
-
-def silence_window(mel: torch.Tensor, level: float) -> torch.Tensor:
-    """``mel`` followed by ``level`` up to 3000 frames (the extractor's silence after the clip)."""
-    window = torch.full((WINDOW_FRAMES, mel.shape[1]), level)
-    window[: mel.shape[0]] = mel
-    return window
-
-
-def expected_silence(mel: torch.Tensor) -> float:
-    """The extractor floor, log10 max - 8 clamped at log10(1e-10), in its (x + 4) / 4 units."""
-    return max(float(mel.max()) - 2.0, -1.5)
 
 
 def test_rule_equals_hf_valid_length_within_the_window(hf_model) -> None:
@@ -178,21 +172,6 @@ def test_find_length_equals_preprocess_and_encoder_rows(io, rng, num_samples: in
     with torch.inference_mode():
         (feats,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
     assert io.find_length(num_samples) == rows == feats.shape[0] == whisper_rows(mel_frames(num_samples, HOP))
-
-
-@pytest.mark.parametrize("card", ["openai/whisper-tiny", "openai/whisper-small", "openai/whisper-large-v3"])
-def test_features_match_the_cards_extractor(rng, card: str) -> None:
-    extractor = card_extractor(card)
-    cfg = FeatureConfig.from_dict(extractor.to_dict())
-    assert (cfg.n_mels, cfg.chunk_length, cfg.max_frames) == (128 if "large" in card else 80, 30, WINDOW_FRAMES)
-    sizes = [1, 2, 159, 160, 161, 399, 400, 401, 16000, 16001, 112123,
-             WINDOW_SAMPLES - HOP - 1, WINDOW_SAMPLES - 201, WINDOW_SAMPLES - 1, WINDOW_SAMPLES]  # fmt: skip
-    for n in sizes:
-        wav = noise(rng, n)
-        out = extractor(wav, sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="np")
-        ref = out["input_features"][0][:, : int(out["attention_mask"].sum())].T
-        ours = log_mel(wav, cfg).numpy()
-        assert ours.shape == ref.shape == (mel_frames(n, HOP), cfg.n_mels) and np.abs(ours - ref).max() <= 1e-4, n
 
 
 def test_reference_forward_on_the_extractors_windows_is_hfs_pipeline(io, hf_model, rng) -> None:
