@@ -1,19 +1,28 @@
 # contaudio tasks. `make setup bench` on a fresh machine; `make test` for the tests.
 PYTHON ?= python3
-# CPU machines: the pinned CPU wheel (never the multi-GB CUDA build).
+# CPU machines: the pinned torch; on Linux, PyPI's torch is the multi-GB CUDA build, so point TORCH_INDEX at
+# PyTorch's CPU wheel index (see README): make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # GPU machines: install your own torch first, then `make setup TORCH=` to keep it.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test lint smoke bench sweep demo
+.PHONY: setup test test-avx2 lint smoke bench sweep demo
 
 setup:
-	$(if $(TORCH),$(PYTHON) -m pip install "$(TORCH)",)
+	$(if $(TORCH),$(PYTHON) -m pip install $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)",) "$(TORCH)",)
 	$(PYTHON) -m pip install -e ".[dev,report]"
 
 test:
 	$(PYTHON) -m pytest -q -m "not slow"
+
+# The feature and encoder tests once more on AVX2-only kernels (as on an AMD EPYC without AVX-512/AMX):
+# these variables make torch, oneDNN and MKL use AVX2 code paths even on a bigger CPU.
+AVX2_ONLY = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+test-avx2:
+	$(AVX2_ONLY) $(PYTHON) -m pytest -q -m "not slow" tests/encoders tests/test_features.py \
+		tests/test_features_batch.py tests/test_io.py
 
 lint:
 	$(PYTHON) -m ruff check .
@@ -22,7 +31,7 @@ lint:
 demo:
 	$(PYTHON) -m contaudio encode assets/speech/*.wav --weights random --out outputs/demo_features.safetensors
 
-# The README's main job: full-size Qwen2.5-Omni-7B tower, random weights, CPU, bf16 (a few minutes).
+# The README's main job: full-size Qwen2.5-Omni-7B tower, random weights, CPU, dtype=auto (a few minutes).
 bench:
 	$(PYTHON) -m experiments.bench experiment=readme_bench
 
@@ -33,6 +42,9 @@ sweep:
 	$(PYTHON) -m experiments.report $(SWEEP_DIR)
 
 # All three experiments on every family's tiny card, tracker off, failures fatal (CI runs this).
+# `make smoke MUTATION=padding_leak` (or rows_off_by_one, log_mel_clamp) injects a known bug: it must fail.
 SMOKE_ENCODERS ?= tiny_qwen_omni,tiny_qwen3_omni,tiny_qwen2_audio,tiny_whisper,tiny_voxtral
+MUTATION ?=
 smoke:
-	$(PYTHON) -m experiments.suite -m experiment=ci_smoke encoder=$(SMOKE_ENCODERS) hydra.sweep.dir=multirun/ci_smoke
+	$(PYTHON) -m experiments.suite -m experiment=ci_smoke encoder=$(SMOKE_ENCODERS) hydra.sweep.dir=multirun/ci_smoke \
+		$(if $(MUTATION),mutation=$(MUTATION),)

@@ -82,11 +82,24 @@ def check_sample_rate(sr: Any) -> int:
     return sr
 
 
-def waveform_shape(wav: Any) -> tuple[int, int]:
-    """Validate type, dtype, rank and channel axis without reading a sample; return ``(C, N)``.
+def is_samples_by_channels(shape: tuple[int, ...]) -> bool:
+    """Whether a 2-D ``shape`` is ``[N, C]`` (samples, channels): more rows than columns.
 
-    Shared by ``prepare_waveform`` and ``find_length``, so both reject the same clips
-    with the same message (``find_length`` never touches the data).
+    ``[C, N]`` is canonical; ``[N, C]`` with ``N > C`` (soundfile's ``always_2d`` layout) is
+    transposed, as ESPnet's ``ContinuousAudioIO`` does.
+
+    >>> is_samples_by_channels((16000, 2)), is_samples_by_channels((2, 16000)), is_samples_by_channels((1, 1))
+    (True, False, False)
+    """
+    return len(shape) == 2 and shape[0] > shape[1]
+
+
+def waveform_shape(wav: Any) -> tuple[int, int]:
+    """Validate type, dtype and rank without reading a sample; return ``(C, N)``.
+
+    Shared by ``prepare_waveform`` and ``find_length``, so both read the same clips the
+    same way with the same message (``find_length`` never touches the data). A ``[N, C]``
+    array with ``N > C`` is read as ``C`` channels of ``N`` samples (logged once).
     """
     if isinstance(wav, torch.Tensor):
         if wav.dtype not in SUPPORTED_TORCH_DTYPES:
@@ -108,14 +121,12 @@ def waveform_shape(wav: Any) -> tuple[int, int]:
         raise ValueError(
             f"wav must have shape [C, N] (channels, samples) or [N], got {len(shape)}-D shape {tuple(wav.shape)}"
         )
+    if is_samples_by_channels(shape):
+        log_once(f"transpose-{shape[1]}", f"wav of shape {shape} read as [N, C] (samples, channels): transposed")
+        shape = shape[::-1]
     channels, num_samples = shape
     if num_samples == 0 or channels == 0:
         raise ValueError(f"wav is empty (shape {tuple(wav.shape)}); drop empty clips before preprocessing")
-    if channels > num_samples:
-        raise ValueError(
-            f"wav has shape {tuple(wav.shape)}, read as {channels} channels of {num_samples} samples; "
-            "it looks like [N, C] (samples, channels): pass wav.T"
-        )
     return channels, num_samples
 
 
@@ -131,9 +142,11 @@ def as_numpy(wav: Any) -> np.ndarray:
 
 
 def check_waveform(wav: np.ndarray) -> np.ndarray:
-    """Validate dtype, rank and channel axis; return a ``[C, N]`` view of ``wav``."""
+    """Validate dtype and rank; return a ``[C, N]`` view of ``wav`` (``[N]`` and ``[N, C]`` re-laid)."""
     waveform_shape(wav)
-    return wav[None, :] if wav.ndim == 1 else wav
+    if wav.ndim == 1:
+        return wav[None, :]
+    return wav.T if is_samples_by_channels(wav.shape) else wav
 
 
 def check_policy(channels: int, num_samples: int, sr: int, target_sr: int, policy: AudioPolicy) -> None:
@@ -212,7 +225,7 @@ def prepare_waveform(wav: Any, sr: Any, target_sr: int, policy: AudioPolicy = Au
     """Turn raw input ``(wav[C, N] or [N], sr)`` into mono float32 at ``target_sr``.
 
     Raises TypeError/ValueError (with the fix) for unsupported dtypes, bad ranks,
-    ``[N, C]`` layouts, empty clips, NaN/Inf, bad sample rates and over-long clips.
+    empty clips, NaN/Inf, bad sample rates and over-long clips.
     Every check that needs no sample runs before any copy (``check_layout``).
     """
     sr, _, num_samples = check_layout(wav, sr, target_sr, policy)

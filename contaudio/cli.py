@@ -12,9 +12,11 @@ import soundfile
 import torch
 from safetensors.torch import save_file
 
+from contaudio.dtypes import AUTO, DTYPES
 from contaudio.encoders import all_cards
+from contaudio.encoders.loading import WEIGHTS_MODES
 from contaudio.encoders.windows import LONG_CLIP_POLICIES
-from contaudio.io import DTYPES, ContinuousAudioIO
+from contaudio.io import ContinuousAudioIO
 
 
 def read_audio(path: Path) -> tuple[torch.Tensor, int]:
@@ -29,9 +31,9 @@ def encode(args: argparse.Namespace) -> None:
         encoder_hf_model_tag=args.tag, dtype=args.dtype, device=args.device,
         attn_implementation=args.attn, weights=args.weights, long_clip=args.long_clip,
     )  # fmt: skip
-    print(f"{args.tag}: {io.family.name}, {args.weights} weights, {io.torch_dtype}, {io.device}, "
-          f"D={io.feature_dim()}, built in {time.perf_counter() - start:.1f} s")  # fmt: skip
-    if args.weights == "random":
+    print(f"{args.tag}: {io.family.name}, {args.weights} weights, {io.torch_dtype} ({io.dtype_choice.reason}), "
+          f"{io.device}, D={io.feature_dim()}, built in {time.perf_counter() - start:.1f} s")  # fmt: skip
+    if args.weights != "pretrained":
         print("note: random weights: lengths, shapes and speed are real; the feature values are not")
     print(f"{'file':<40} {'dur_s':>7} {'frames':>7} {'rows':>6} {'pre_ms':>8} {'enc_ms':>8}")
     features: dict[str, torch.Tensor] = {}
@@ -58,14 +60,37 @@ def cards(_: argparse.Namespace) -> None:
         print(f"{name:<45} {card.family:<16} {card.description}")
 
 
+ENCODE_EPILOG = """\
+rows: the LM positions of each file, as ContinuousAudioIO.find_length counts them from (wav, sr),
+a sample count at 16 kHz, or find_length(None, before_length=M) with M the clip's *mel-frame* count
+(ESPnet's convention: before_length=100 gives 25 rows on Qwen2.5-Omni).
+dtype auto: bf16 on CUDA and on CPUs with native bf16 GEMMs (AVX512-BF16 or AMX), float32 elsewhere;
+the dtype chosen and why are printed. CPUs without them emulate bf16/fp16 about 150x slower.
+setup: on a Linux machine without a GPU, `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+installs torch from PyTorch's CPU wheel index instead of PyPI's multi-GB CUDA build (see README).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="contaudio", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    enc = sub.add_parser("encode", help="encode audio files and print per-file lengths and timings")
+    enc = sub.add_parser(
+        "encode",
+        help="encode audio files and print per-file lengths and timings",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENCODE_EPILOG,
+    )
     enc.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, ...)")
     enc.add_argument("--tag", default="Qwen/Qwen2.5-Omni-7B", help="hub id, local checkpoint dir or card name")
-    enc.add_argument("--weights", choices=["pretrained", "random"], default="pretrained")
-    enc.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    enc.add_argument(
+        "--weights",
+        choices=WEIGHTS_MODES,
+        default="pretrained",
+        help="pretrained (local dir / HF cache / hub), random (seeded, no download) or random_hf_init",
+    )
+    enc.add_argument("--dtype", choices=[AUTO, *sorted(DTYPES)], default=AUTO,
+                     help="auto (default): bf16 on CUDA and on CPUs with native bf16 GEMMs (AVX512-BF16/AMX), "
+                          "float32 elsewhere (bf16/fp16 are ~150x slower on CPUs that emulate them)")  # fmt: skip
     enc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     enc.add_argument("--attn", choices=["sdpa", "eager", "flash_attention_2"], default=None)
     enc.add_argument(

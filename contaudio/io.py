@@ -18,8 +18,10 @@ from contaudio.audio import (
     ResamplePolicy,
     check_layout,
     check_not_empty_after_resampling,
+    log_once,
     prepare_waveform,
 )
+from contaudio.dtypes import DtypeChoice, emulation_warning, resolve_dtype
 from contaudio.encoders import EncoderSource, build_encoder, resolve
 from contaudio.encoders.loading import WeightsMode
 from contaudio.encoders.windows import LongClipPolicy, check_clip_frames, check_long_clip_policy
@@ -28,26 +30,11 @@ from contaudio.lengths import mel_frames, resampled_length
 
 log = logging.getLogger(__name__)
 
-DTYPES: dict[str, torch.dtype] = {
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-}
 ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager", "flash_attention_2")
 ENCODER_CHOICES = ("huggingface",)
+MODALITY = "audio"  # ESPnet's SpeechLM writes <|audio|> before the clip's positions
 DUMMY_FRAMES = 4  # mel frames for dummy_forward: the fewest that give every family >= 1 row
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` (and fp16, fp32) -> ``torch.dtype``."""
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    raise ValueError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+ESPNET_TOWER_PREFIX = "model.audio_tower."  # where ESPnet's own ContinuousAudioIO keeps the tower (its thinker)
 
 
 def parse_device(device: str | torch.device) -> torch.device:
@@ -81,8 +68,18 @@ def check_attn_implementation(attn_implementation: str | None, device: torch.dev
     return attn_implementation
 
 
-class AbsIO(nn.Module, ABC):
-    """What a speech LM needs from a modality I/O: LM positions for a sample, and features."""
+class AbsIO(ABC, nn.Module):
+    """What a speech LM needs from a modality I/O (the interface of ESPnet's SpeechLM ``AbsIO``).
+
+    ``modality`` names the modality ("audio") and ``is_discrete`` says whether
+    ``preprocess`` gives token ids (True) or continuous features (False).
+    """
+
+    def __init__(self, modality: str, is_discrete: bool) -> None:
+        if "_modules" not in self.__dict__:  # a co-base (ESPnet's own AbsIO) may have set the Module up already
+            nn.Module.__init__(self)
+        self.modality = modality
+        self.is_discrete = is_discrete
 
     @abstractmethod
     def preprocess(self, data: Any) -> tuple[np.ndarray, Any, np.ndarray]:
@@ -93,8 +90,8 @@ class AbsIO(nn.Module, ABC):
         """LM positions ``T`` that ``preprocess`` would reserve, without doing the work."""
 
     @abstractmethod
-    def feature_dim(self) -> int:
-        """Width of each feature row."""
+    def feature_dim(self) -> int | None:
+        """Width of each feature row (None for a discrete modality)."""
 
     @abstractmethod
     def copy_for_worker(self) -> AbsIO:
@@ -102,16 +99,19 @@ class AbsIO(nn.Module, ABC):
 
 
 class ContinuousAudioIO(AbsIO):
-    """Continuous audio features from a pretrained audio encoder.
+    """Continuous audio features from a pretrained audio encoder (a drop-in for ESPnet's class of this name).
 
     Args:
         encoder_choice: only ``"huggingface"`` (transformers modules).
         encoder_hf_model_tag: hub id, local checkpoint directory, or shipped card name
             (e.g. ``"contaudio/tiny-qwen2.5-omni"``).
         attn_implementation: None (transformers' default), "sdpa", "eager" or "flash_attention_2".
-        dtype: "bfloat16"/"bf16", "float16"/"fp16" or "float32"/"fp32".
+        dtype: "bfloat16"/"bf16", "float16"/"fp16", "float32"/"fp32", or "auto" (bf16 where the
+            device runs it natively, float32 otherwise). On a CPU without native bf16/fp16 GEMMs
+            the low-precision dtypes are ~150x slower than float32 (a warning says so).
         device: "cpu", "cuda" or "cuda:N".
-        weights: "pretrained" (load real weights) or "random" (seeded random init, no download).
+        weights: "pretrained" (load real weights), "random" (seeded random init with non-zero
+            biases and non-identity norms, no download) or "random_hf_init" (transformers' own init).
         revision: hub revision to load.
         seed: seed of the random init.
         resample: "resample" (soxr, logged once) or "raise" on sample-rate mismatch.
@@ -120,6 +120,8 @@ class ContinuousAudioIO(AbsIO):
         normalize: zero-mean/unit-variance the waveform (off, as in Qwen's processor).
         long_clip: fixed-window encoders (Whisper, Qwen2-Audio: 30 s) on a longer clip:
             "raise" (default) or "windows" (encode consecutive 30 s windows, concatenate rows).
+        skip_init_encoder: build no encoder at all (ESPnet's length-stats step passes True):
+            ``preprocess``, ``find_length`` and ``feature_dim`` work; ``encode_batch`` raises.
     """
 
     def __init__(
@@ -138,23 +140,32 @@ class ContinuousAudioIO(AbsIO):
         max_duration_s: float | None = None,
         normalize: bool = False,
         long_clip: LongClipPolicy = "raise",
+        skip_init_encoder: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(modality=MODALITY, is_discrete=False)
         if encoder_choice not in ENCODER_CHOICES:
             raise ValueError(f"encoder_choice must be one of {ENCODER_CHOICES}, got {encoder_choice!r}")
-        self.torch_dtype = parse_dtype(dtype)
         target = parse_device(device)
+        self.dtype_choice: DtypeChoice = resolve_dtype(dtype, target)
+        self.torch_dtype = self.dtype_choice.dtype
         self.attn_implementation = check_attn_implementation(attn_implementation, target)
         self.policy = AudioPolicy(resample, multichannel, max_duration_s, normalize)
         self.long_clip = check_long_clip_policy(long_clip)
-        self.source: EncoderSource = resolve(encoder_hf_model_tag, weights, revision)
+        # the length-stats step needs no weights: a shipped card gives family and features without any download
+        self.source: EncoderSource = resolve(encoder_hf_model_tag, weights, revision, config_only=skip_init_encoder)
         self.family = self.source.family
         self.features = self.source.features
         self._feature_dim = self.family.output_dim(self.source.encoder_config)
+        self.dropped_weights: tuple[str, ...] = ()
+        if skip_init_encoder:
+            self.encoder: nn.Module | None = None
+            log.info("skip_init_encoder=True: no %s encoder built; preprocess/find_length only", self.family.name)
+            return
+        if warning := emulation_warning(self.torch_dtype, target):
+            log.warning(warning)
+        log.info("compute dtype %s (%s)", self.dtype_choice.name, self.dtype_choice.reason)
         start = time.perf_counter()
-        self.encoder: nn.Module | None = build_encoder(
-            self.source, weights, self.torch_dtype, self.attn_implementation, seed
-        ).to(target)
+        self.encoder = build_encoder(self.source, weights, self.torch_dtype, self.attn_implementation, seed).to(target)
         log.info(
             "built %s encoder (%s weights, %.0f M params, %s, %s) from %s in %.1f s",
             self.family.name,
@@ -165,7 +176,7 @@ class ContinuousAudioIO(AbsIO):
             self.source.describe(),
             time.perf_counter() - start,
         )
-        self._freeze_unread_parameters()
+        self.dropped_weights = drop_unread_parameters(self.encoder, lambda: self._forward_silence(self.encoder))
 
     # ----------------------------------------------------------------- metadata
     @property
@@ -184,12 +195,32 @@ class ContinuousAudioIO(AbsIO):
         """The encoder's output width (3584 for Qwen2.5-Omni-7B, 2048 for -3B)."""
         return self._feature_dim
 
+    def num_stream(self) -> None:
+        """Parallel token streams: none, the modality is continuous (ESPnet's AbsIO)."""
+        return None
+
+    def get_vocabulary(self) -> None:
+        """No vocabulary: the modality is continuous (ESPnet's AbsIO)."""
+        return None
+
+    def get_stream_interval(self) -> None:
+        """No token ranges: the modality is continuous (ESPnet's AbsIO)."""
+        return None
+
+    def get_stream_weight(self) -> None:
+        """No stream loss weights: the modality is continuous (ESPnet's AbsIO)."""
+        return None
+
+    def decode_batch(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("ContinuousAudioIO encodes audio into features; it cannot decode features to audio")
+
     # --------------------------------------------------------------- CPU side
     def preprocess(self, data: tuple[Any, Any]) -> tuple[np.ndarray, tuple[int, np.ndarray], np.ndarray]:
         """``(wav [C, N] or [N], sr)`` -> ``(zeros [T, 1] int64, (T, mel [M, n_mels] float32), zeros [T, 1])``.
 
         M = ceil(N' / hop) for the N' samples at the model's rate; T = the
-        encoder rows for M frames (0 for clips too short to give one row).
+        encoder rows for M frames (0 for clips too short to give one row). A
+        ``[N, C]`` array with N > C is transposed (logged once), as ESPnet does.
         """
         wav, sr = _unpack(data)
         mono = prepare_waveform(wav, sr, self.sample_rate, self.policy)
@@ -198,7 +229,7 @@ class ContinuousAudioIO(AbsIO):
     def preprocess_batch(
         self, batch: list[tuple[Any, Any]]
     ) -> list[tuple[np.ndarray, tuple[int, np.ndarray], np.ndarray]]:
-        """``[preprocess(d) for d in batch]`` (equal outputs), with batched STFTs (``log_mel_batch``)."""
+        """``[preprocess(d) for d in batch]`` with batched STFTs (``log_mel_batch``; equal within 1e-6)."""
         monos = [prepare_waveform(*_unpack(data), self.sample_rate, self.policy) for data in batch]
         return [self._lm_positions(mel) for mel in log_mel_batch(monos, self.features)]
 
@@ -209,33 +240,32 @@ class ContinuousAudioIO(AbsIO):
         return np.zeros((rows, 1), dtype=np.int64), (rows, mel_array), np.zeros((rows, 1), dtype=np.float32)
 
     def find_length(self, data: Any, before_length: int | torch.Tensor | None = None) -> int | torch.Tensor:
-        """Encoder rows for a clip, by integer arithmetic only (no STFT, no resampling).
+        """LM positions ``T`` for a clip, by integer arithmetic only (no STFT, no resampling, no samples read).
 
-        ``data`` is ``(wav, sr)``, a sample count at the model's rate (int), or a
-        LongTensor of sample counts. ``before_length``, when given, is that sample
-        count and ``data`` is ignored. Int in -> int out; tensor in -> tensor out.
+        ``before_length``: the clip's **mel-frame** count ``M`` (ESPnet's "frame length before
+        downsampling"); ``data`` is then not read and may be None. An int gives an int, an
+        integer tensor a tensor of the same shape: ``find_length(None, before_length=100) == 25``
+        on Qwen2.5-Omni.
+
+        ``data`` (when ``before_length`` is None): ``(wav [C, N], sr)`` (only its shape and rate
+        are read; resampled lengths are counted as ``preprocess`` makes them), or a sample count
+        at the model's rate (int, or an integer tensor of counts).
         """
-        samples = before_length if before_length is not None else data
-        if isinstance(samples, tuple):
-            samples = self._samples_at_model_rate(*_unpack(samples))
-        if isinstance(samples, torch.Tensor):
-            if samples.dtype.is_floating_point or samples.dtype.is_complex or samples.dtype == torch.bool:
-                raise TypeError(f"sample counts must be an integer tensor, got {samples.dtype}")
-            if (samples < 0).any():
-                raise ValueError("sample counts must be >= 0")
-            return self._rows(mel_frames(samples.long(), self.features.hop_length))
-        if isinstance(samples, (bool, np.bool_)) or not isinstance(samples, (int, np.integer)):
-            raise TypeError(
-                f"find_length takes (wav, sr), an int sample count or a LongTensor, got {type(samples).__name__}"
-            )
-        if samples < 0:
-            raise ValueError(f"sample count must be >= 0, got {samples}")
-        return int(self._rows(mel_frames(int(samples), self.features.hop_length)))
+        if before_length is not None:
+            return self._rows(check_counts(before_length, "before_length (mel frames)"))
+        if data is None:
+            raise TypeError("find_length needs data ((wav, sr) or a sample count) or before_length (mel frames)")
+        if isinstance(data, (tuple, list)):
+            samples = self._samples_at_model_rate(*_unpack(data))
+        else:
+            samples = check_counts(data, "sample count")
+        return self._rows(mel_frames(samples, self.features.hop_length))
 
     def _rows(self, mel_len: int | torch.Tensor) -> int | torch.Tensor:
         """The family's length rule, after the ``long_clip`` policy (raises for a too-long clip under "raise")."""
         check_clip_frames(self.family, mel_len, self.long_clip, self.sample_rate / self.features.hop_length)
-        return self.family.rows(mel_len)
+        rows = self.family.rows(mel_len)
+        return rows if isinstance(rows, torch.Tensor) else int(rows)
 
     def _samples_at_model_rate(self, wav: Any, sr: Any) -> int:
         # the checks preprocess makes before reading a sample, so both refuse the same clips
@@ -248,8 +278,10 @@ class ContinuousAudioIO(AbsIO):
     def encode_batch(self, mel: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
         """Padded mel batch ``[B, M_max, n_mels]`` + valid frames ``[B]`` -> list of ``[T_i, D]``.
 
-        Runs under the caller's grad mode (wrap in ``torch.inference_mode()`` for
-        inference). Clips too short for one row give an empty ``[0, D]`` tensor.
+        ``T_i`` is exactly ``preprocess``'s T for clip i (ESPnet writes each tensor into T
+        LM positions without slicing). Runs under the caller's grad mode (wrap in
+        ``torch.inference_mode()`` for inference). Clips too short for one row give an
+        empty ``[0, D]`` tensor.
         """
         encoder = self._require_encoder()
         mel, lengths = self._check_batch(mel, lengths)
@@ -304,39 +336,43 @@ class ContinuousAudioIO(AbsIO):
         return mel, lengths
 
     def dummy_forward(self, ref_tensor: torch.Tensor) -> torch.Tensor:
-        """A zero scalar (``ref_tensor``'s dtype/device) wired to every encoder weight.
+        """The raw encoder output ``[rows, D]`` of a tiny silent clip, wired to every trainable encoder weight.
 
-        Add it to the loss on a batch without audio so DDP/ZeRO see a gradient
-        (zero) for every encoder parameter. Costs one forward of a few frames.
+        For a batch without audio: feed it where ``encode_batch``'s output would go (e.g. through
+        the LM's adaptor ``Linear(D, hidden)``) and add ``0.0 * out.sum()`` to the loss, so
+        DDP/ZeRO see a (zero) gradient for every encoder weight. Returned in
+        ``ref_tensor``'s dtype and device. Costs one forward of ``DUMMY_FRAMES`` frames.
         """
         encoder = self._require_encoder()
         out = self._forward_silence(encoder)
-        touch_all = sum(p.flatten()[0] for p in encoder.parameters() if p.requires_grad)
-        return ((out.sum() + touch_all) * 0.0).to(device=ref_tensor.device, dtype=ref_tensor.dtype)
+        trainable = [p.reshape(-1)[:1].sum() for p in encoder.parameters() if p.requires_grad]
+        if trainable:  # weights a future forward might not read still join the graph (with a zero gradient)
+            out = out + 0.0 * torch.stack(trainable).sum().to(out.dtype)
+        return out.to(device=ref_tensor.device, dtype=ref_tensor.dtype)
 
     def _forward_silence(self, encoder: nn.Module) -> torch.Tensor:
         """The family's forward on one all-zero clip of ``DUMMY_FRAMES`` frames: ``[rows, D]``."""
         mel = torch.zeros(1, DUMMY_FRAMES, self.n_mels, dtype=self.torch_dtype, device=self.device)
         return self.family.forward(encoder, mel, torch.tensor([DUMMY_FRAMES]))
 
-    def _freeze_unread_parameters(self) -> None:
-        """Freeze encoder weights that its forward never reads (Qwen2.5-Omni: ``audio_bos_eos_token``).
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Also accept ESPnet's layout (``model.audio_tower.*``) and the weights this encoder dropped.
 
-        They can never get a gradient, so DDP without ``find_unused_parameters``
-        would fail on every rank that encodes audio ("did not receive grad").
-        Found from the autograd graph of one ``DUMMY_FRAMES`` forward; they stay
-        in ``state_dict``. Call ``requires_grad_(True)`` on one to train it yourself.
+        ESPnet's own ``ContinuousAudioIO`` keeps the tower inside a thinker under ``model.audio_tower``,
+        weights its forward never reads included (e.g. ``audio_bos_eos_token``). Those keys are
+        renamed to ``encoder.*``, the dropped weights are discarded (logged once), and
+        everything else stays strict.
         """
-        encoder = self._require_encoder()
-        with torch.inference_mode(False), torch.enable_grad():
-            reached = graph_leaves(self._forward_silence(encoder))
-        if not reached:  # a forward without a graph (e.g. under no_grad inside) tells nothing
-            return
-        unread = [name for name, p in encoder.named_parameters() if p.requires_grad and id(p) not in reached]
-        for name in unread:
-            encoder.get_parameter(name).requires_grad_(False)
-        if unread:
-            log.info("froze %d encoder weight(s) its forward never reads: %s", len(unread), ", ".join(unread))
+        for key in [k for k in state_dict if k.startswith(prefix + ESPNET_TOWER_PREFIX)]:
+            state_dict[prefix + "encoder." + key[len(prefix + ESPNET_TOWER_PREFIX) :]] = state_dict.pop(key)
+        discarded = [
+            name for name in self.dropped_weights if state_dict.pop(prefix + "encoder." + name, None) is not None
+        ]
+        if discarded:
+            log_once(
+                f"discard-{prefix}", f"ignoring checkpoint weights the encoder never reads: {', '.join(discarded)}"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def copy_for_worker(self) -> ContinuousAudioIO:
         """A copy without the encoder (no weights, no reload): preprocess/find_length only."""
@@ -349,13 +385,67 @@ class ContinuousAudioIO(AbsIO):
     def _require_encoder(self) -> nn.Module:
         if self.encoder is None:
             raise RuntimeError(
-                "this ContinuousAudioIO is a copy_for_worker() copy without encoder weights; "
-                "call encode_batch/dummy_forward on the original object"
+                "this ContinuousAudioIO has no encoder (a copy_for_worker() copy, or built with "
+                "skip_init_encoder=True): call encode_batch/dummy_forward on an object built with its encoder"
             )
         return self.encoder
 
     def extra_repr(self) -> str:
         return f"family={self.family.name}, tag={self.source.tag!r}, dtype={self.torch_dtype}"
+
+
+def check_counts(value: Any, what: str) -> int | torch.Tensor:
+    """A non-negative integer or integer tensor (a frame or sample count); a clear error otherwise."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"{what} must be an integer tensor, got {value.dtype}")
+        if value.is_meta:
+            raise ValueError(f"{what} is on the meta device (a shape without data)")
+        value = value.detach().to("cpu", torch.long)
+        if bool((value < 0).any()):
+            raise ValueError(f"{what} must be >= 0, got {value.tolist()}")
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"{what} must be an int or an integer tensor, got {type(value).__name__}; "
+            "find_length takes (wav, sr), a sample count, or before_length=<mel frames>"
+        )
+    if value < 0:
+        raise ValueError(f"{what} must be >= 0, got {value}")
+    return int(value)
+
+
+def unread_parameters(encoder: nn.Module, forward: Any) -> list[str]:
+    """Names of the encoder parameters that ``forward()``'s autograd graph never reaches (all made trainable)."""
+    flags = {name: p.requires_grad for name, p in encoder.named_parameters()}
+    try:
+        encoder.requires_grad_(True)
+        with torch.inference_mode(False), torch.enable_grad():
+            reached = graph_leaves(forward())
+    finally:
+        for name, p in encoder.named_parameters():
+            p.requires_grad_(flags[name])
+    if not reached:  # a forward without a graph (e.g. under no_grad inside) tells nothing
+        log.warning("the encoder's forward built no autograd graph; keeping every weight")
+        return []
+    return [name for name, p in encoder.named_parameters() if id(p) not in reached]
+
+
+def drop_unread_parameters(encoder: nn.Module, forward: Any) -> tuple[str, ...]:
+    """Remove the parameters ``forward()`` never reads (Qwen2.5-Omni: ``audio_bos_eos_token``).
+
+    They could never get a gradient, so DDP without ``find_unused_parameters`` would fail on
+    every rank once training code makes all parameters trainable ("did not receive grad").
+    Each one is unregistered (``None``) in its module, so it leaves ``parameters()`` and
+    ``state_dict()``. Call after loading: checkpoint loading stays strict. Returns the names.
+    """
+    unread = unread_parameters(encoder, forward)
+    for name in unread:
+        owner, _, leaf = name.rpartition(".")
+        encoder.get_submodule(owner).register_parameter(leaf, None)
+    if unread:
+        log.info("dropped %d encoder weight(s) its forward never reads: %s", len(unread), ", ".join(unread))
+    return tuple(unread)
 
 
 def graph_leaves(output: torch.Tensor) -> set[int]:

@@ -18,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from contaudio import ContinuousAudioIO
 from contaudio.collate import collate_mels
+from contaudio.conformance import Tolerance, tolerance_for
 from contaudio.io import parse_device
 from contaudio.tracking import NullSink, Sink, WandbSink, environment, write_record
+from experiments.mutations import mutated
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 Body = Callable[[DictConfig, ContinuousAudioIO], tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]]
 _DEFAULT_THREADS = torch.get_num_threads()
 MAX_PRINTED_ROWS = 40  # longer tables (per-clip checks) stay in the record and the tracker
+PADDING_NOISE = 3.0  # std of the noise mask_check writes past each clip's end (log-mel values lie in about -1.5..3)
 
 
 class CheckFailed(RuntimeError):
@@ -107,14 +110,19 @@ def run_experiment(experiment: str, cfg: DictConfig, body: Body) -> dict[str, An
     directory = output_dir(cfg)
     record: dict[str, Any] = {
         "experiment": experiment, "status": "ok", "error": None, "overrides": job_overrides(), "config": config,
+        "mutation": cfg.mutation,
     }  # fmt: skip
     start = time.perf_counter()
     tables: dict[str, list[dict[str, Any]]] = {}
     try:
-        build_start = time.perf_counter()
-        io = ContinuousAudioIO(**io_kwargs(cfg))
-        build = {"build_s": time.perf_counter() - build_start, "rss_after_build_mib": current_rss_mib()}
-        metrics, tables = body(cfg, io)
+        with mutated(cfg.mutation):
+            build_start = time.perf_counter()
+            io = ContinuousAudioIO(**io_kwargs(cfg))
+            build = {"build_s": time.perf_counter() - build_start, "rss_after_build_mib": current_rss_mib()}
+            log.info("%s: dtype %s (%s)", experiment, io.dtype_choice.name, io.dtype_choice.reason)
+            record["dtype"] = {"requested": cfg.dtype.name, "resolved": io.dtype_choice.name,
+                               "reason": io.dtype_choice.reason}  # fmt: skip
+            metrics, tables = body(cfg, io)
         metrics = {**build, **metrics}
         if metrics.get("passed") is False:
             record["status"] = "failed"
@@ -169,11 +177,49 @@ def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = N
 
 
 def random_clip(rng: np.random.Generator, num_samples: int, scale: float = 0.1) -> np.ndarray:
-    """Gaussian noise clip (float32): timing and masks do not depend on content."""
+    """Gaussian noise clip (float32): timing and lengths do not depend on content."""
     return (rng.standard_normal(num_samples) * scale).astype(np.float32)
 
 
-def pad_mels(mels: list[np.ndarray], extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """List of ``[M_i, n_mels]`` -> (``[B, max M + extra, n_mels]`` zero-padded, lengths ``[B]``)."""
+SEGMENT_S = (0.05, 0.4)  # speech-like clips: bursts and pauses of this many seconds
+SILENT_TAIL = 200  # samples of silence that end a speech-like clip: n_fft // 2, as speech ends in silence
+
+
+def speechlike_clip(rng: np.random.Generator, num_samples: int, sample_rate: int) -> np.ndarray:
+    """Noise bursts of random loudness with silent pauses between them, ending in silence (float32).
+
+    Pauses give the clip more than the log-mel's 80 dB of dynamic range, so its clamp matters;
+    the silent end makes a Whisper-style encoder see the clip end as HF's extractor shows it.
+    """
+    clip = np.zeros(num_samples, dtype=np.float32)
+    body = max(num_samples - SILENT_TAIL, 0)
+    start, loud = 0, True
+    while start < body:
+        length = int(rng.uniform(*SEGMENT_S) * sample_rate)
+        if loud:
+            stop = min(start + length, body)
+            clip[start:stop] = rng.standard_normal(stop - start) * 10 ** rng.uniform(-2.5, -0.5)
+        start, loud = start + length, not loud
+    return clip
+
+
+def tolerance(cfg: DictConfig, io: ContinuousAudioIO) -> Tolerance:
+    """The resolved dtype's tolerance, with the config's overrides (``dtype.mask_atol``/``mask_rtol``)."""
+    return tolerance_for(io.torch_dtype, cfg.dtype.mask_atol, cfg.dtype.mask_rtol)
+
+
+def pad_mels(
+    mels: list[np.ndarray], extra: int = 0, rng: np.random.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of ``[M_i, n_mels]`` -> (``[B, max M + extra, n_mels]``, lengths ``[B]``).
+
+    Padded with zeros (as ESPnet's collate pads), or with noise when ``rng`` is given: what a batch
+    holds past a clip's end must never matter, and zeros can hide a leak (a conv maps them to its bias).
+    """
     batch, lengths = collate_mels(mels)
-    return F.pad(batch, (0, 0, 0, extra)), lengths
+    batch = F.pad(batch, (0, 0, 0, extra))
+    if rng is not None:
+        past_end = torch.arange(batch.shape[1]) >= lengths[:, None]  # [B, M_max]
+        noise = torch.from_numpy(rng.standard_normal(batch.shape).astype(np.float32) * PADDING_NOISE)
+        batch = torch.where(past_end[:, :, None], noise, batch)
+    return batch, lengths

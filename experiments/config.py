@@ -21,9 +21,9 @@ class EncoderConf:
 
 @dataclass
 class DtypeConf:
-    name: str = MISSING  # bfloat16 | float16 | float32
-    mask_atol: float = MISSING
-    mask_rtol: float = MISSING
+    name: str = MISSING  # auto | bfloat16 | float16 | float32
+    mask_atol: float | None = None  # None: the resolved dtype's tolerance
+    mask_rtol: float | None = None
 
 
 @dataclass
@@ -77,6 +77,7 @@ class LengthCheckConf:
     batch_size: int = MISSING
     random_n: int = MISSING
     max_random_s: float = MISSING
+    edge_hops: list[int] = MISSING
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Config:
     seed: int = 0
     strict: bool = False
     output_dir: str | None = None
+    mutation: str | None = None
 
 
 def register_configs() -> None:

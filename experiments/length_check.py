@@ -1,6 +1,11 @@
-"""find_length vs preprocess T vs the rows encode_batch really returns.
+"""find_length vs preprocess's T vs encode_batch's rows vs the rows HF's own path returns (the oracle).
 
 python -m experiments.length_check encoder=qwen_omni length_check.m_max=1000
+
+Every mel length M in [m_min, m_max] goes through the real encoder and through HF's model path
+(the family's oracle, on the same weights); edge and random sample counts N go through
+preprocess, the encoder, and HF's extractor + model from the waveform. Where HF raises for a
+length, its error is recorded per M and contaudio is judged by its documented rule.
 """
 
 from __future__ import annotations
@@ -14,24 +19,23 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from contaudio import ContinuousAudioIO
+from contaudio.conformance import Verdict, judge_length
 from experiments import config as _config  # noqa: F401  (registers the schema)
 from experiments.common import pad_mels, random_clip, run_experiment
 
-MAX_EXAMPLES = 10  # mismatches kept in the record
-EDGE_HOPS = (1, 2, 3, 100, 199, 200, 201, 400, 3000)  # N = k * hop + {-1, 0, +1} for these k
+MAX_EXAMPLES = 10  # failures kept in the record's summary (every row is in the table)
 
 
-def edge_sample_counts(hop: int) -> list[int]:
-    """Sample counts around hop multiples at the 0-row boundary, chunk edges and 30 s."""
-    return sorted({k * hop + d for k in EDGE_HOPS for d in (-1, 0, 1) if k * hop + d > 0})
+def edge_sample_counts(hop: int, hops: list[int]) -> list[int]:
+    """Sample counts around hop multiples (the 0-row boundary, chunk edges, 30 s): ``k * hop + {-1, 0, 1}``.
+
+    >>> edge_sample_counts(160, [1, 2])
+    [159, 160, 161, 319, 320, 321]
+    """
+    return sorted({k * hop + d for k in hops for d in (-1, 0, 1) if k * hop + d > 0})
 
 
-def agree(row: dict[str, int], key: str) -> bool:
-    """All counts in ``row`` (but the input ``key``) are equal."""
-    return len({v for k, v in row.items() if k != key}) == 1
-
-
-def encoded_rows(io: ContinuousAudioIO, mels: list[torch.Tensor], batch_size: int) -> list[int]:
+def encoded_rows(io: ContinuousAudioIO, mels: list[np.ndarray], batch_size: int) -> list[int]:
     """Rows encode_batch returns per mel, in padded batches of ``batch_size``."""
     rows = []
     with torch.inference_mode():
@@ -41,37 +45,79 @@ def encoded_rows(io: ContinuousAudioIO, mels: list[torch.Tensor], batch_size: in
     return rows
 
 
+def table_row(key: dict[str, int], counts: dict[str, int], verdict: Verdict, error: str | None) -> dict[str, Any]:
+    hf = {"hf_rows": verdict.figures.get("hf_rows"), "hf_error": error, "judged_by": verdict.judged_by}
+    return {**key, **counts, **hf, "passed": verdict.passed, "reasons": "; ".join(verdict.reasons)}
+
+
+def every_m(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Each M: find_length (M frames, and both extreme N that give M frames), encoded rows, HF's rows."""
+    c, hop = cfg.length_check, io.features.hop_length
+    ms = list(range(c.m_min, c.m_max + 1))
+    mels = [rng.standard_normal((m, io.n_mels)).astype(np.float32) for m in ms]
+    encoded = encoded_rows(io, mels, c.batch_size)
+    rows = []
+    with torch.inference_mode():
+        for m, mel, got in zip(tqdm(ms, desc="every M", leave=False, disable=None), mels, encoded, strict=True):
+            oracle = io.family.oracle_from_mel(io.encoder, torch.from_numpy(mel))
+            counts = {
+                "find_length_frames": io.find_length(None, before_length=m),
+                "find_length_min_n": io.find_length((m - 1) * hop + 1),  # both extreme N that give M frames
+                "find_length_max_n": io.find_length(m * hop),
+                "encoded": got,
+            }
+            rows.append(table_row({"m": m}, counts, judge_length(counts, oracle), oracle.error))
+    return rows
+
+
+def sample_counts(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Edge and random N: find_length (int, tensor, (wav, sr)), preprocess's T, encoded rows, HF's rows from the wav."""
+    c, hop, sr = cfg.length_check, io.features.hop_length, io.sample_rate
+    sizes = (
+        edge_sample_counts(hop, list(c.edge_hops)) + rng.integers(1, int(c.max_random_s * sr), size=c.random_n).tolist()
+    )
+    wavs = [random_clip(rng, n) for n in sizes]
+    pre = [io.preprocess((wav, sr)) for wav in tqdm(wavs, desc="preprocess", leave=False, disable=None)]
+    encoded = encoded_rows(io, [p[1][1] for p in pre], c.batch_size)
+    vectorised = io.find_length(None, before_length=torch.tensor([p[1][1].shape[0] for p in pre])).tolist()
+    extractor = io.features.hf_extractor()
+    rows = []
+    with torch.inference_mode():
+        progress = tqdm(sizes, desc="HF from waveform", leave=False, disable=None)
+        for n, wav, p, got, vec in zip(progress, wavs, pre, encoded, vectorised, strict=True):
+            oracle = io.family.oracle(io.encoder, extractor, wav)
+            counts = {"find_length": io.find_length(n), "find_length_wav": io.find_length((wav, sr)),
+                      "find_length_frames_tensor": vec, "preprocess_t": p[1][0], "seq_rows": p[0].shape[0],
+                      "encoded": got}  # fmt: skip
+            rows.append(
+                table_row({"n": n, "frames": p[1][1].shape[0]}, counts, judge_length(counts, oracle), oracle.error)
+            )
+    return rows
+
+
+def failure_message(row: dict[str, Any]) -> str:
+    what = f"M={row['m']} frames" if "m" in row else f"N={row['n']} samples ({row['frames']} frames)"
+    return f"{what}: {row['reasons']}"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     def body(cfg: DictConfig, io: ContinuousAudioIO):
-        c, hop, sr = cfg.length_check, io.features.hop_length, io.sample_rate
         rng = np.random.default_rng(cfg.seed)
-        # 1) every mel length M in range through the real encoder vs the rule and find_length(N) for both
-        #    extreme N that give M frames
-        ms = list(range(c.m_min, c.m_max + 1))
-        mels = [rng.standard_normal((m, io.n_mels)).astype(np.float32) for m in tqdm(ms, desc="mels", leave=False)]
-        got = encoded_rows(io, mels, c.batch_size)
-        every_m = [
-            {"m": m, "encoded": rows, "rule": int(io.family.rows(m)),
-             "find_length_min_n": io.find_length((m - 1) * hop + 1), "find_length_max_n": io.find_length(m * hop)}
-            for m, rows in zip(ms, got, strict=True)
-        ]  # fmt: skip
-        # 2) random and edge sample counts through preprocess + encoder, and find_length on a tensor
-        sizes = edge_sample_counts(hop) + rng.integers(1, int(c.max_random_s * sr), size=c.random_n).tolist()
-        pre = [io.preprocess((random_clip(rng, n), sr)) for n in tqdm(sizes, desc="preprocess", leave=False)]
-        got = encoded_rows(io, [p[1][1] for p in pre], c.batch_size)
-        vectorised = io.find_length(None, before_length=torch.tensor(sizes)).tolist()
-        samples = [
-            {"n": n, "find_length": io.find_length(n), "find_length_tensor": vec, "preprocess_t": p[1][0],
-             "seq_rows": p[0].shape[0], "encoded": rows}
-            for n, p, rows, vec in zip(sizes, pre, got, vectorised, strict=True)
-        ]  # fmt: skip
-        mismatches = [{"kind": "every_m", **r} for r in every_m if not agree(r, "m")]
-        mismatches += [{"kind": "samples", **r} for r in samples if not agree(r, "n")]
+        tables = {"every_m": every_m(cfg, io, rng), "samples": sample_counts(cfg, io, rng)}
+        rows = [r for table in tables.values() for r in table]
+        failures = [failure_message(r) for r in rows if not r["passed"]]
+        hf_errors = [r for r in rows if r["hf_error"]]
         metrics = {
-            "passed": not mismatches, "mismatches": len(mismatches), "m_checked": len(ms),
-            "n_checked": len(sizes), "first_mismatches": mismatches[:MAX_EXAMPLES],
+            "passed": not failures, "mismatches": len(failures), "m_checked": len(tables["every_m"]),
+            "n_checked": len(tables["samples"]), "oracle": io.family.oracle_path, "returns": io.family.returns,
+            "judged_by_oracle": sum(r["judged_by"] == "oracle" for r in rows),
+            "judged_by_rule": {"count": len(hf_errors), "note": "HF raised; judged by contaudio's documented rule",
+                               "examples": [{k: r.get(k) for k in ("m", "n", "hf_error")} for r in hf_errors[:3]]},
+            "first_failures": failures[:MAX_EXAMPLES],
         }  # fmt: skip
-        return metrics, {"every_m": every_m, "samples": samples}
+        for message in failures[:MAX_EXAMPLES]:
+            print(f"length_check FAILED {message}")
+        return metrics, tables
 
     return run_experiment("length_check", cfg, body)
 

@@ -1,94 +1,30 @@
-"""Shared fixtures: tiny encoders with random weights and tiny checkpoints saved to disk.
+"""Shared fixtures: tiny encoders with random weights, tiny checkpoints saved to disk, test audio.
 
-Nothing here touches a network: HF_HUB_OFFLINE is set for the whole session so a
-cache miss fails at once instead of retrying for ~25 s.
+Builders live in ``tests/helpers/``. Nothing here touches a network: HF_HUB_OFFLINE is set for
+the whole session so a cache miss fails at once instead of retrying for ~25 s.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import numpy as np
 import pytest
-import soundfile
-import soxr
 import torch
+from helpers import checkpoints as ck
+from helpers.audio import speech_clips_16k
+from helpers.families import FAMILY_CASES, FamilyCase
 
 from contaudio import ContinuousAudioIO
-from contaudio.lengths import WINDOW_FRAMES
-
-TINY_QWEN_OMNI = "contaudio/tiny-qwen2.5-omni"
-SAMPLE_RATE = 16000
-
-
-def tiny_audio_config() -> dict:
-    """The tiny card's Qwen2.5-Omni audio config, for building full checkpoints around it."""
-    from contaudio.encoders import find_card
-
-    config = dict(find_card(TINY_QWEN_OMNI).encoder_config)
-    config.pop("model_type")
-    return config
-
-
-def save_tiny_qwen2_5_omni(directory, *, thinker_only: bool = False, max_shard_size: str = "40KB") -> None:
-    """Save a tiny random FULL Qwen2.5-Omni (or thinker-only) model, sharded, with its feature config."""
-    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration, WhisperFeatureExtractor
-    from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniThinkerConfig
-    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniThinkerForConditionalGeneration
-
-    text = {
-        "vocab_size": 160,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-    }
-    vision = {
-        "depth": 1,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "out_hidden_size": 32,
-        "fullatt_block_indexes": [0],
-    }
-    thinker = {"audio_config": tiny_audio_config(), "text_config": text, "vision_config": vision}
-    torch.manual_seed(1234)
-    if thinker_only:
-        model = Qwen2_5OmniThinkerForConditionalGeneration(Qwen2_5OmniThinkerConfig(**thinker))
-    else:
-        model = Qwen2_5OmniForConditionalGeneration(
-            Qwen2_5OmniConfig(thinker_config=thinker, enable_audio_output=False)
-        )
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    WhisperFeatureExtractor(
-        feature_size=128,
-        chunk_length=300,
-        n_fft=400,
-        hop_length=160,
-        sampling_rate=SAMPLE_RATE,
-        return_attention_mask=True,
-    ).save_pretrained(directory)
-    return model
-
-
-@pytest.fixture(scope="session")
-def tiny_omni_checkpoint(tmp_path_factory):
-    """(directory, model): a tiny random full Qwen2.5-Omni saved as several safetensors shards."""
-    directory = tmp_path_factory.mktemp("tiny-omni")
-    model = save_tiny_qwen2_5_omni(directory)
-    return directory, model
 
 
 @pytest.fixture(scope="session")
 def tiny_io() -> ContinuousAudioIO:
     """The tiny Qwen2.5-Omni card with random weights, float32 on CPU."""
-    return ContinuousAudioIO(encoder_hf_model_tag=TINY_QWEN_OMNI, weights="random", dtype="float32")
+    return ContinuousAudioIO(encoder_hf_model_tag=ck.TINY_QWEN_OMNI, weights="random", dtype="float32")
 
 
 @pytest.fixture
@@ -96,209 +32,51 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-def noise(rng: np.random.Generator, num_samples: int, scale: float = 0.1) -> np.ndarray:
-    """Gaussian noise clip, float32."""
-    return (rng.standard_normal(num_samples) * scale).astype(np.float32)
-
-
-SPEECH_DIR = Path(__file__).resolve().parents[1] / "assets" / "speech"
-
-
-def load_speech(name: str) -> tuple[np.ndarray, int]:
-    """A committed espeak-ng clip as (int16 samples [N], sample rate)."""
-    samples, sr = soundfile.read(SPEECH_DIR / name, dtype="int16")
-    return samples, sr
-
-
 @pytest.fixture(scope="session")
 def speech_clips() -> dict[str, np.ndarray]:
-    """The committed speech clips as mono float32 at 16 kHz (resampled with soxr where needed)."""
-    clips = {}
-    for path in sorted(SPEECH_DIR.glob("*.wav")):
-        samples, sr = soundfile.read(path, dtype="float32")
-        clips[path.stem] = soxr.resample(samples, sr, SAMPLE_RATE).astype(np.float32) if sr != SAMPLE_RATE else samples
-    return clips
-
-
-def hf_audio_tower(model: torch.nn.Module) -> torch.nn.Module:
-    """The audio tower inside a full/thinker HF model, whatever the module nesting of this transformers version."""
-    for path in ("thinker.model.audio_tower", "thinker.audio_tower", "model.audio_tower", "audio_tower"):
-        try:
-            return model.get_submodule(path)
-        except AttributeError:
-            continue
-    raise AttributeError(f"{type(model).__name__} has no audio tower")
-
-
-# ---------------------------------------------------------------- Qwen3-Omni, Qwen2-Audio, Whisper (issue 4)
-TINY_QWEN3_OMNI = "contaudio/tiny-qwen3-omni"
-TINY_QWEN2_AUDIO = "contaudio/tiny-qwen2-audio"
-TINY_WHISPER = "contaudio/tiny-whisper"
-TINY_VOXTRAL = "contaudio/tiny-voxtral"
-TINY_TEXT = {"vocab_size": 160, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-             "num_attention_heads": 2, "num_key_value_heads": 1}  # fmt: skip
-TINY_AUDIO_TOKEN = 7  # an id inside the tiny vocabulary
-
-
-def card_encoder_config(tag: str) -> dict:
-    """A shipped card's encoder config without its model_type, for building full checkpoints around it."""
-    from contaudio.encoders import find_card
-
-    config = dict(find_card(tag).encoder_config)
-    config.pop("model_type")
-    return config
-
-
-def card_extractor(tag: str):
-    """HF's WhisperFeatureExtractor configured exactly as the card's feature_extractor says."""
-    from transformers import WhisperFeatureExtractor
-
-    from contaudio.encoders import find_card
-
-    raw = {k: v for k, v in find_card(tag).feature_extractor.items() if k != "feature_extractor_type"}
-    return WhisperFeatureExtractor(**raw)
-
-
-def perturb_(module: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
-    """Add N(0, scale) noise to every parameter, biases included.
-
-    HF's init leaves biases at zero; real checkpoints do not, and with zero
-    biases an all-zero padded input stays zero through a conv, which hides
-    padding leaks. Tiny checkpoints are perturbed so such leaks show.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * scale)
-
-
-def save_tiny_qwen3_omni(directory, *, thinker_only: bool = False, max_shard_size: str = "40KB"):
-    """Save a tiny random FULL Qwen3-Omni (or thinker-only) model, sharded, with its feature config."""
-    from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeForConditionalGeneration
-    from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeThinkerConfig
-    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerForConditionalGeneration
-
-    text = {**TINY_TEXT, "moe_intermediate_size": 32, "num_experts": 2, "num_experts_per_tok": 1,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}}  # fmt: skip
-    vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
-              "deepstack_visual_indexes": [0]}  # fmt: skip
-    thinker = {"audio_config": card_encoder_config(TINY_QWEN3_OMNI), "text_config": text, "vision_config": vision}
-    torch.manual_seed(4321)
-    if thinker_only:
-        model = Qwen3OmniMoeThinkerForConditionalGeneration(Qwen3OmniMoeThinkerConfig(**thinker))
-    else:
-        model = Qwen3OmniMoeForConditionalGeneration(
-            Qwen3OmniMoeConfig(thinker_config=thinker, enable_audio_output=False)
-        )
-    perturb_(model, seed=1)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_QWEN3_OMNI).save_pretrained(directory)
-    return model.eval()
-
-
-def save_tiny_qwen2_audio(directory, *, encoder_only: bool = False, max_shard_size: str = "40KB"):
-    """Save a tiny random FULL Qwen2-Audio model (or its bare audio encoder), with its feature config."""
-    from transformers import Qwen2AudioConfig, Qwen2AudioEncoder, Qwen2AudioForConditionalGeneration
-    from transformers.models.qwen2_audio.configuration_qwen2_audio import Qwen2AudioEncoderConfig
-
-    audio = card_encoder_config(TINY_QWEN2_AUDIO)
-    torch.manual_seed(4322)
-    if encoder_only:
-        model = Qwen2AudioEncoder(Qwen2AudioEncoderConfig(**audio))
-    else:
-        config = Qwen2AudioConfig(
-            audio_config={"model_type": "qwen2_audio_encoder", **audio},
-            text_config={"model_type": "qwen2", **TINY_TEXT},
-            audio_token_index=TINY_AUDIO_TOKEN,
-        )
-        model = Qwen2AudioForConditionalGeneration(config)
-    perturb_(model, seed=2)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_QWEN2_AUDIO).save_pretrained(directory)
-    return model.eval()
-
-
-def save_tiny_whisper(directory, *, max_shard_size: str = "10GB"):
-    """Save a tiny random FULL Whisper (encoder-decoder) model with its feature config (one file by default)."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    config = WhisperConfig(
-        **card_encoder_config(TINY_WHISPER), vocab_size=100, decoder_layers=1, decoder_attention_heads=2,
-        decoder_ffn_dim=64, max_target_positions=32, decoder_start_token_id=1, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2,
-    )  # fmt: skip
-    torch.manual_seed(4323)
-    model = WhisperForConditionalGeneration(config)
-    perturb_(model, seed=3)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_WHISPER).save_pretrained(directory)
-    return model.eval()
-
-
-def save_tiny_voxtral(directory, *, max_shard_size: str = "40KB"):
-    """Save a tiny random FULL Voxtral (audio tower + projector + Llama LM), sharded, with its feature config."""
-    from transformers import VoxtralConfig, VoxtralForConditionalGeneration
-
-    config = VoxtralConfig(
-        audio_config={"model_type": "voxtral_encoder", **card_encoder_config(TINY_VOXTRAL)},
-        text_config={"model_type": "llama", **TINY_TEXT},
-        audio_token_id=TINY_AUDIO_TOKEN,
-    )
-    torch.manual_seed(4324)
-    model = VoxtralForConditionalGeneration(config)
-    perturb_(model, seed=4)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_VOXTRAL).save_pretrained(directory)
-    return model.eval()
+    """The committed speech clips as mono float32 at 16 kHz."""
+    return speech_clips_16k()
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen3_omni_checkpoint(tmp_path_factory):
-    """(directory, model): a tiny random full Qwen3-Omni saved as several safetensors shards."""
-    directory = tmp_path_factory.mktemp("tiny-qwen3-omni")
-    return directory, save_tiny_qwen3_omni(directory)
+def family_checkpoints(tmp_path_factory) -> dict[str, tuple]:
+    """Lazily built ``{family: (directory, HF model)}``: one full tiny checkpoint per family, saved once."""
+
+    class Checkpoints(dict):
+        def __missing__(self, family: str) -> tuple:
+            case = next(c for c in FAMILY_CASES if c.family == family)
+            directory = tmp_path_factory.mktemp(f"tiny-{family}")
+            self[family] = (directory, case.save(directory))
+            return self[family]
+
+    return Checkpoints()
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen2_audio_checkpoint(tmp_path_factory):
-    """(directory, model): a tiny random full Qwen2-Audio saved as several safetensors shards."""
-    directory = tmp_path_factory.mktemp("tiny-qwen2-audio")
-    return directory, save_tiny_qwen2_audio(directory)
+def tiny_omni_checkpoint(family_checkpoints):
+    """(directory, model): a tiny random full Qwen2.5-Omni saved as several safetensors shards."""
+    return family_checkpoints["qwen2_5_omni"]
 
 
 @pytest.fixture(scope="session")
-def tiny_whisper_checkpoint(tmp_path_factory):
+def tiny_qwen3_omni_checkpoint(family_checkpoints):
+    return family_checkpoints["qwen3_omni"]
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_audio_checkpoint(family_checkpoints):
+    return family_checkpoints["qwen2_audio"]
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_checkpoint(family_checkpoints):
     """(directory, model): a tiny random full Whisper saved as one model.safetensors."""
-    directory = tmp_path_factory.mktemp("tiny-whisper")
-    return directory, save_tiny_whisper(directory)
+    return family_checkpoints["whisper"]
 
 
 @pytest.fixture(scope="session")
-def tiny_voxtral_checkpoint(tmp_path_factory):
-    """(directory, model): a tiny random full Voxtral saved as several safetensors shards."""
-    directory = tmp_path_factory.mktemp("tiny-voxtral")
-    return directory, save_tiny_voxtral(directory)
-
-
-def silence_window(mel: torch.Tensor, level: float) -> torch.Tensor:
-    """``mel`` followed by ``level`` up to 3000 frames (the extractor's silence after the clip)."""
-    window = torch.full((WINDOW_FRAMES, mel.shape[1]), level)
-    window[: mel.shape[0]] = mel
-    return window
-
-
-def expected_silence(mel: torch.Tensor) -> float:
-    """The extractor floor, log10 max - 8 clamped at log10(1e-10), in its (x + 4) / 4 units."""
-    return max(float(mel.max()) - 2.0, -1.5)
-
-
-def padded_batch(mels: list[np.ndarray], extra: int = 0, fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[M_i, n_mels]`` clips -> ``[B, max M_i + extra, n_mels]`` filled with ``fill`` past each clip, and ``[B]``."""
-    lengths = torch.tensor([m.shape[0] for m in mels])
-    batch = torch.full((len(mels), int(lengths.max()) + extra, mels[0].shape[1]), fill)
-    for i, m in enumerate(mels):
-        batch[i, : m.shape[0]] = torch.as_tensor(m)
-    return batch, lengths
+def tiny_voxtral_checkpoint(family_checkpoints):
+    return family_checkpoints["voxtral"]
 
 
 @pytest.fixture
@@ -308,3 +86,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(params=FAMILY_CASES, ids=str)
+def case(request) -> FamilyCase:
+    """Each row of the conformance table (``tests/helpers/families.py``)."""
+    return request.param

@@ -84,12 +84,6 @@ ERROR_CASES = [
     pre("pre-python-float", (0.5, SR), TypeError, "got float"),
     pre("pre-ndim3", (np.zeros((1, 2, 4000), np.float32), SR), ValueError, "3-D shape (1, 2, 4000)"),
     pre("pre-ndim4", (np.zeros((1, 1, 1, 9), np.float32), SR), ValueError, "4-D shape"),
-    pre(
-        "pre-samples-channels",
-        (np.zeros((16000, 2), np.float32), SR),
-        ValueError,
-        "[N, C] (samples, channels): pass wav.T",
-    ),
     pre("pre-complex", (np.zeros(4000, np.complex64), SR), TypeError, "dtype complex64 is not supported"),
     pre("pre-object", (np.zeros(4000, object), SR), TypeError, "dtype object is not supported"),
     pre("pre-bool", (np.zeros(4000, bool), SR), TypeError, "dtype bool is not supported"),
@@ -123,16 +117,17 @@ ERROR_CASES = [
     length("len-negative", -1, ValueError, "must be >= 0, got -1"),
     length("len-bool", True, TypeError, "got bool"),
     length("len-numpy-bool", np.bool_(True), TypeError, "got bool"),
-    length("len-none", None, TypeError, "got NoneType"),
+    length("len-none", None, TypeError, "or before_length (mel frames)"),
     length("len-str", "16000", TypeError, "got str"),
     length("len-numpy-array", np.array([16000, 32000]), TypeError, "got ndarray"),
-    length("len-before-length-float", None, TypeError, "got float", before_length=3.0),
+    length("len-before-length-float", None, TypeError, "before_length (mel frames) must be an int", before_length=3.0),
+    length("len-before-length-negative", None, ValueError, "before_length (mel frames) must be >= 0", before_length=-2),
+    length("len-before-length-tensor-float", None, TypeError, "integer tensor", before_length=torch.tensor([2.0])),
     length("len-tensor-float", torch.tensor([1600.0]), TypeError, "integer tensor, got torch.float32"),
     length("len-tensor-negative", torch.tensor([1600, -1]), ValueError, "must be >= 0"),
     length("len-tensor-bool", torch.tensor([True]), TypeError, "integer tensor, got torch.bool"),
     # find_length((wav, sr)) refuses the clips preprocess refuses, without reading a sample
     length("len-pair-empty", (np.zeros(0, np.float32), SR), ValueError, "wav is empty"),
-    length("len-pair-samples-channels", (np.zeros((16000, 2), np.float32), SR), ValueError, "pass wav.T"),
     length("len-pair-ndim3", (np.zeros((1, 2, 9), np.float32), SR), ValueError, "3-D shape"),
     length("len-pair-bool-wav", (np.zeros(4000, bool), SR), TypeError, "dtype bool"),
     length("len-pair-python-list", ([0.0] * 4000, SR), TypeError, "got list"),
@@ -213,6 +208,7 @@ SAME_CASES = [
     same("pre-stereo-strided", "preprocess", ((STEREO, SR),), ((np.ascontiguousarray(STEREO), SR),)),
     same("pre-sr-numpy-int", "preprocess", ((WAV, np.int64(SR)),), ((WAV, SR),)),
     same("pre-list-pair", "preprocess", ([WAV, SR],), ((WAV, SR),)),
+    same("pre-samples-channels", "preprocess", ((np.ascontiguousarray(STEREO.T), SR),), ((STEREO, SR),)),
     # ---- find_length
     same("len-numpy-int", "find_length", (np.int64(16000),), (16000,)),
     same(
@@ -223,7 +219,8 @@ SAME_CASES = [
     ),
     same("len-pair-sr-numpy-int", "find_length", ((WAV, np.int32(SR)),), (WAV.size,)),
     same("len-pair-tensor", "find_length", ((WAV_T, SR),), (WAV.size,)),
-    same("len-before-length", "find_length", (None, WAV.size), (WAV.size,)),
+    same("len-before-length", "find_length", (None, -(-WAV.size // 160)), (WAV.size,)),  # mel frames
+    same("len-pair-samples-channels", "find_length", ((STEREO.T, SR),), ((STEREO, SR),)),
     # ---- encode_batch (MEL [2, 450, 128], LENGTHS [450, 300])
     same(
         "enc-mel-non-contiguous",
@@ -287,7 +284,7 @@ def test_find_length_counts_huge_clips_exactly(tiny_io) -> None:
 
 
 def test_find_length_honours_the_policies_preprocess_honours() -> None:
-    from conftest import TINY_QWEN_OMNI
+    from helpers.checkpoints import TINY_QWEN_OMNI
 
     from contaudio import ContinuousAudioIO
 
@@ -359,7 +356,7 @@ PEAK_BYTES_PER_SAMPLE = 5 * 4  # five float32 copies of the clip (measured: ~2.5
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
 def test_long_clip_peak_memory_is_linear(tiny_io) -> None:
     """A 20-minute clip is featurised whole, in a fresh process, under 5 float32 copies of itself."""
-    from conftest import TINY_QWEN_OMNI
+    from helpers.checkpoints import TINY_QWEN_OMNI
 
     num_samples = LONG_CLIP_S * SR
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile
-from conftest import SPEECH_DIR, TINY_QWEN_OMNI
+from helpers.audio import SPEECH_DIR
+from helpers.checkpoints import TINY_QWEN_OMNI
 from safetensors.torch import load_file
 
 from contaudio.cli import main
 from contaudio.encoders import FAMILIES
+from contaudio.encoders.qwen2_5_omni import qwen2_5_omni_rows
 from contaudio.encoders.windows import ClipTooLongError
-from contaudio.lengths import qwen2_5_omni_rows
 
 
 def test_encode_prints_lengths_and_writes_features(tmp_path, capsys) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_RATE, noise
+from helpers.audio import SAMPLE_RATE, noise
 
 from contaudio.collate import collate_mels, mel_of
 

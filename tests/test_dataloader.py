@@ -10,8 +10,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import load_speech, noise, save_tiny_qwen2_5_omni
-from spawn_targets import ClipDataset
+from helpers.audio import load_speech, noise
+from helpers.checkpoints import save_tiny_qwen2_5_omni
+from helpers.spawn_targets import ClipDataset
 from torch.utils.data import DataLoader
 
 from contaudio import ContinuousAudioIO

@@ -1,8 +1,11 @@
-"""DDP with two gloo ranks on CPU: one rank encodes speech, the other has no audio.
+"""DDP with two gloo ranks on CPU, every encoder weight trainable: one rank encodes speech, the other has no audio.
 
-The rank without audio calls only ``dummy_forward``; the backward all-reduce must
-complete (no hang: gloo's timeout and a join deadline turn one into a failure) and
-both ranks must hold identical parameters after each optimiser step.
+For every family's tiny card, the training code makes all encoder parameters trainable
+(``requires_grad_(True)``, as fine-tuning code does) and wraps the model in DDP with its defaults
+(no ``find_unused_parameters``). The rank without audio calls only ``dummy_forward`` and feeds it
+through the adaptor as ESPnet's SpeechLM does. The backward all-reduce must complete (gloo's
+timeout and a join deadline turn a hang into a failure) and both ranks must hold identical
+parameters after two steps (DDP reports a weight without gradient at the next forward).
 """
 
 from __future__ import annotations
@@ -13,22 +16,28 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import SPEECH_DIR, TINY_QWEN_OMNI
-from spawn_targets import DDP_STEPS, ddp_rank
+from helpers.audio import SPEECH_DIR
+from helpers.families import FAMILY_CASES
+from helpers.spawn_targets import DDP_STEPS, ddp_rank
+
+from contaudio import ContinuousAudioIO
 
 COLLECTIVE_TIMEOUT_S = 60  # gloo: a collective that waits longer raises in the rank
-JOIN_TIMEOUT_S = 150  # the test: spawn (imports) + init + steps must finish by then
+JOIN_TIMEOUT_S = 240  # the test: spawn (imports) + init + every family's steps must finish by then
+TAGS = [case.card for case in FAMILY_CASES]
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
 
-def run_ranks(tmp_path) -> list[dict]:
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    tmp_path = tmp_path_factory.mktemp("ddp")
     ctx = mp.start_processes(
         ddp_rank,
         args=(
             str(tmp_path / "store"),
             str(tmp_path),
-            TINY_QWEN_OMNI,
+            TAGS,
             str(SPEECH_DIR / "quick_brown_fox_16k.wav"),
             COLLECTIVE_TIMEOUT_S,
         ),
@@ -49,40 +58,30 @@ def run_ranks(tmp_path) -> list[dict]:
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
 
 
-def test_audio_rank_and_dummy_rank_stay_in_sync(tmp_path) -> None:
-    audio_rank, dummy_rank = run_ranks(tmp_path)
+@pytest.mark.parametrize("tag", TAGS)
+def test_audio_rank_and_dummy_rank_stay_in_sync_with_every_weight_trainable(ranks, tag: str) -> None:
+    audio_rank, dummy_rank = ranks[0][tag], ranks[1][tag]
     after0, after1 = audio_rank["after"], dummy_rank["after"]
     assert after0.keys() == after1.keys()
     for name in after0:
         torch.testing.assert_close(after1[name], after0[name], rtol=0, atol=0, msg=name)
-
-    # The all-reduce carried rank 0's audio gradients to rank 1: the rank that saw no audio
-    # used the same, non-zero encoder gradients and its encoder weights moved.
+    # every parameter got a gradient on both ranks, and the all-reduce carried rank 0's audio gradients
     grads0, grads1 = audio_rank["grads"], dummy_rank["grads"]
-    assert grads0.keys() == grads1.keys()
-    trainable_encoder = [name for name in after0 if name.startswith("audio.encoder.") and name in grads0]
-    assert len(trainable_encoder) == len(after0) - 3  # all but the frozen token and the head's 2 tensors
+    assert grads0.keys() == grads1.keys() == after0.keys()
     for name in grads0:
         torch.testing.assert_close(grads1[name], grads0[name], rtol=0, atol=0, msg=name)
-    assert all(grads1[name].abs().sum() > 0 for name in ("audio.encoder.conv1.weight", "audio.encoder.proj.weight"))
-    before = audio_rank["before"]
-    assert not torch.equal(after1["audio.encoder.conv1.weight"], before["audio.encoder.conv1.weight"])
-    assert DDP_STEPS >= 2  # DDP reports a weight without gradient only at the next forward
+    encoder = [name for name in grads0 if name.startswith("audio.encoder.")]
+    assert sum(bool(grads1[name].abs().sum() > 0) for name in encoder) > len(encoder) // 2
+    moved = [name for name in encoder if not torch.equal(after1[name], audio_rank["before"][name])]
+    assert len(moved) > len(encoder) // 2
+    assert DDP_STEPS >= 2
 
 
-def test_frozen_weights_are_exactly_those_the_forward_never_reads(tiny_io) -> None:
-    """What ContinuousAudioIO freezes (so DDP needs no find_unused_parameters) is what gets no gradient."""
-    frozen = {name for name, p in tiny_io.encoder.named_parameters() if not p.requires_grad}
-    assert frozen == {"audio_bos_eos_token.weight"}
-    tiny_io.encoder.zero_grad(set_to_none=True)
-    try:
-        tiny_io.encoder.requires_grad_(True)
-        mel = torch.randn(1, 450, tiny_io.n_mels)
-        torch.cat(tiny_io.encode_batch(mel, torch.tensor([450]))).sum().backward()
-        no_grad = {name for name, p in tiny_io.encoder.named_parameters() if p.grad is None}
-    finally:
-        for name, p in tiny_io.encoder.named_parameters():
-            p.requires_grad_(name not in frozen)
-        tiny_io.encoder.zero_grad(set_to_none=True)
-    assert no_grad == frozen
-    assert "audio_bos_eos_token.weight" in tiny_io.encoder.state_dict()  # still saved and loaded
+def test_weights_the_forward_never_reads_are_dropped(tiny_io) -> None:
+    """What ContinuousAudioIO drops (so DDP needs no find_unused_parameters) is exactly what gets no gradient."""
+    assert tiny_io.dropped_weights == ("audio_bos_eos_token.weight",)
+    assert "audio_bos_eos_token.weight" not in tiny_io.encoder.state_dict()
+    io = ContinuousAudioIO(encoder_hf_model_tag=tiny_io.source.tag, weights="random", dtype="float32")
+    io.encoder.requires_grad_(True)
+    torch.cat(io.encode_batch(torch.randn(1, 450, io.n_mels), torch.tensor([450]))).sum().backward()
+    assert [name for name, p in io.encoder.named_parameters() if p.grad is None] == []

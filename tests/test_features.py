@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import card_extractor, noise
+from helpers.audio import noise
+from helpers.checkpoints import card_extractor
 from transformers import WhisperFeatureExtractor
 
 from contaudio.encoders import all_cards, get_family

@@ -1,14 +1,20 @@
-"""Batched log-mel (``log_mel_batch``) and ``preprocess_batch`` equal their one-clip-at-a-time versions."""
+"""Batched log-mel (``log_mel_batch``) and ``preprocess_batch`` equal their one-clip-at-a-time versions.
+
+Equal within ``BATCHED_ATOL`` (1e-6), not bit for bit: a batched STFT and GEMM run other vectorised
+kernels than a single clip's, and which ones depends on the CPU (AVX2, AVX-512, AMX); the last float32
+bit may differ (1 ulp measured). The maths is the same; a wrong padding or clamp differs by far more.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_RATE, noise
+from helpers.audio import SAMPLE_RATE, noise
 
 from contaudio import features
 from contaudio.features import (
+    BATCHED_ATOL,
     FeatureConfig,
     fits_batched_stft,
     log_mel,
@@ -32,12 +38,12 @@ def per_clip(wavs: list[np.ndarray], cfg: FeatureConfig) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("cfg", [QWEN_CFG, ONE_SECOND_CFG], ids=["300s", "1s-cap"])
 @pytest.mark.parametrize("budget", BLOCK_BUDGETS)
-def test_equals_per_clip_bit_for_bit(rng, cfg: FeatureConfig, budget: int | None) -> None:
+def test_equals_per_clip(rng, cfg: FeatureConfig, budget: int | None) -> None:
     wavs = [noise(rng, n, scale=rng.uniform(1e-3, 1.0)) for n in LENGTHS]
     batched = log_mel_batch(wavs, cfg, max_block_frames=budget)
     for wav, ours, ref in zip(wavs, batched, per_clip(wavs, cfg), strict=True):
         assert ours.shape == ref.shape, len(wav)
-        assert torch.equal(ours, ref), len(wav)
+        torch.testing.assert_close(ours, ref, atol=BATCHED_ATOL, rtol=0, msg=f"{len(wav)} samples")
 
 
 def test_cap_fallback_is_needed(monkeypatch) -> None:
@@ -47,7 +53,7 @@ def test_cap_fallback_is_needed(monkeypatch) -> None:
     wavs = [np.linspace(-1.0, 1.0, 16000 - 1, dtype=np.float32), np.zeros(16001, dtype=np.float32)]
     monkeypatch.setattr(features, "fits_batched_stft", lambda num_samples, cfg: True)
     naive = log_mel_batch(wavs, ONE_SECOND_CFG, max_block_frames=None)[0]
-    assert not torch.equal(naive, log_mel(wavs[0], ONE_SECOND_CFG))
+    assert (naive - log_mel(wavs[0], ONE_SECOND_CFG)).abs().max() > 1000 * BATCHED_ATOL
 
 
 def test_each_clip_clamps_to_its_own_maximum(rng) -> None:
@@ -59,7 +65,7 @@ def test_each_clip_clamps_to_its_own_maximum(rng) -> None:
     click[-5:] = 1.0  # peak only in frames past ceil(N / hop): the clamp must see them
     wavs = [quiet, loud, click]
     for ours, ref in zip(log_mel_batch(wavs, QWEN_CFG, max_block_frames=None), per_clip(wavs, QWEN_CFG), strict=True):
-        assert torch.equal(ours, ref)
+        torch.testing.assert_close(ours, ref, atol=BATCHED_ATOL, rtol=0)
 
 
 def test_outputs_own_their_memory(rng) -> None:
@@ -90,5 +96,5 @@ def test_preprocess_batch_equals_preprocess(tiny_io, rng) -> None:
     for data, ours in zip(batch, tiny_io.preprocess_batch(batch), strict=True):
         ref = tiny_io.preprocess(data)
         assert ours[1][0] == ref[1][0]
-        assert np.array_equal(ours[1][1], ref[1][1])
+        np.testing.assert_allclose(ours[1][1], ref[1][1], atol=BATCHED_ATOL, rtol=0)
         assert np.array_equal(ours[0], ref[0]) and np.array_equal(ours[2], ref[2])

@@ -16,7 +16,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from contaudio.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
-from contaudio.lengths import ceil_div, mel_frames, qwen2_5_omni_rows, resampled_length
+from contaudio.encoders.qwen2_5_omni import qwen2_5_omni_rows
+from contaudio.lengths import ceil_div, mel_frames, resampled_length
 
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None, print_blob=True)
 CHEAP = settings(DETERMINISTIC, max_examples=300)

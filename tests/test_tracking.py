@@ -87,7 +87,7 @@ def test_null_sink_does_nothing() -> None:
 
 
 def test_unwritable_output_dir_is_recorded_as_error(tmp_path) -> None:
-    from hydra_compose import compose_config
+    from helpers.hydra_compose import compose_config
 
     from experiments import bench
 

@@ -3,6 +3,7 @@
 from contaudio.encoders import qwen2_5_omni, qwen2_audio, qwen3_omni, voxtral, whisper  # noqa: F401  (register)
 from contaudio.encoders.cards import Card, all_cards, find_card
 from contaudio.encoders.loading import EncoderSource, WeightsNotFoundError, build_encoder, resolve
+from contaudio.encoders.oracle import OracleRows
 from contaudio.encoders.registry import FAMILIES, EncoderFamily, family_for_model_type, get_family, register
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "Card",
     "EncoderFamily",
     "EncoderSource",
+    "OracleRows",
     "WeightsNotFoundError",
     "all_cards",
     "build_encoder",

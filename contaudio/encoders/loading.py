@@ -32,8 +32,16 @@ from contaudio.features import FeatureConfig
 
 log = logging.getLogger(__name__)
 
-WeightsMode = Literal["pretrained", "random"]
-WEIGHTS_MODES = ("pretrained", "random")
+WeightsMode = Literal["pretrained", "random", "random_hf_init"]
+WEIGHTS_MODES = ("pretrained", "random", "random_hf_init")
+RANDOM_MODES = ("random", "random_hf_init")
+# weights="random": transformers' init, then every matrix/conv weight ~ N(0, 1/fan_in) (so a tiny card's output
+# depends on its input as a real checkpoint's does; transformers' fixed std 0.02 all but silences a 3-conv stack
+# of fan-in 72), every bias ~ N(0, RANDOM_BIAS_STD) and every norm weight ~ N(1, RANDOM_NORM_STD). transformers
+# zeroes biases and sets norms to identity; with those an all-zero padded frame stays zero through a conv,
+# which hides padding leaks. Real checkpoints have neither property.
+RANDOM_BIAS_STD = 0.1
+RANDOM_NORM_STD = 0.2
 CONFIG_FILE = "config.json"
 FEATURES_FILE = "preprocessor_config.json"
 INDEX_FILE = "model.safetensors.index.json"
@@ -116,14 +124,18 @@ class EncoderSource:
         return self.files.where() if self.files else f"shipped card {self.tag!r}"
 
 
-def resolve(tag: str, weights: WeightsMode, revision: str | None = None) -> EncoderSource:
-    """Work out family, encoder config and feature config for ``tag``."""
+def resolve(tag: str, weights: WeightsMode, revision: str | None = None, config_only: bool = False) -> EncoderSource:
+    """Work out family, encoder config and feature config for ``tag``.
+
+    ``config_only``: no weights will be read (e.g. ESPnet's length-stats step), so a shipped
+    card answers for its hub id without touching the hub or the cache.
+    """
     if weights not in WEIGHTS_MODES:
         raise ValueError(f"weights must be one of {WEIGHTS_MODES}, got {weights!r}")
     if os.path.isdir(tag):
         return _from_files(tag, CheckpointFiles(tag))
     card = find_card(tag)
-    if card is not None and weights == "random":
+    if card is not None and (weights in RANDOM_MODES or config_only):
         family = get_family(card.family)
         return EncoderSource(tag, family, card.encoder_config, FeatureConfig.from_dict(card.feature_extractor), None)
     if card is not None and card.hub_id is None:
@@ -213,7 +225,7 @@ def build_encoder(
     attn_implementation: str | None,
     seed: int = 0,
 ) -> PreTrainedModel:
-    """Build the audio encoder on CPU: random (seeded) or with the checkpoint's weights, in ``dtype``."""
+    """Build the audio encoder on CPU: random (seeded, see :func:`perturb_init_`) or the checkpoint's weights."""
     family = source.family
     config = family.config_class.from_dict(source.encoder_config)
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -223,6 +235,8 @@ def build_encoder(
     with torch.random.fork_rng(devices=[]), no_init_weights() if pretrained else nullcontext():
         torch.manual_seed(seed)
         encoder = family.encoder_class._from_config(config, **kwargs)
+        if weights == "random":
+            perturb_init_(encoder, seed)
     if pretrained:
         if source.files is None:
             raise ValueError(f"{source.tag!r} is a card without weights; use weights='random'")
@@ -231,3 +245,31 @@ def build_encoder(
         state = {key: tensor.to(dtype) for key, tensor in state.items()}
         encoder.load_state_dict(state, strict=True, assign=True)
     return encoder.eval()
+
+
+def is_norm(module: torch.nn.Module) -> bool:
+    """LayerNorm, RMSNorm and the like (by type, or by a class name ending in "Norm")."""
+    return isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)) or type(module).__name__.endswith("Norm")
+
+
+@torch.no_grad()
+def perturb_init_(encoder: torch.nn.Module, seed: int) -> None:
+    """Seeded weights that keep the signal and show leaks: matrices ``N(0, 1/fan_in)``, biases
+    ``N(0, RANDOM_BIAS_STD)``, norms ``N(1, RANDOM_NORM_STD)`` (embeddings and buffers untouched).
+
+    Random weights are then honest for padding checks: a padded frame that leaks into a conv
+    or the attention changes values (with transformers' init it would stay exactly zero).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for module in encoder.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if name == "bias":
+                mean, std = 0.0, RANDOM_BIAS_STD
+            elif name == "weight" and is_norm(module):
+                mean, std = 1.0, RANDOM_NORM_STD
+            elif name == "weight" and param.ndim >= 2 and not isinstance(module, torch.nn.Embedding):
+                mean, std = 0.0, param[0].numel() ** -0.5  # fan-in of one output unit
+            else:
+                continue
+            noise = torch.randn(param.shape, generator=generator) * std + mean
+            param.copy_(noise.to(param.dtype))

@@ -1,4 +1,7 @@
-"""Packed window attention for the Qwen-Omni audio towers, on the HF modules' own weights.
+"""Packed window attention and chunking: the generic machinery of the chunked (Qwen-Omni) towers.
+
+The families' forwards (``qwen2_5_omni.py``, ``qwen3_omni.py``) call into this module with
+their own chunking and windows; nothing here knows a family's length rule.
 
 The Qwen audio towers attend within fixed windows only (Qwen2.5-Omni: each
 2 s chunk of 100 rows). Without flash attention, transformers runs one
@@ -38,15 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from contaudio.lengths import ceil_div, conv_out, qwen3_omni_rows
+from contaudio.lengths import ceil_div
 
 AttentionKernel = Literal["sdpa", "sdpa_buckets", "eager", "flash"]
 # (q, k, v) packed rows [N, heads, head_dim] -> attention output [N, heads, head_dim]
 AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 FP16_CLAMP_MARGIN = 1000.0  # HF's layers clamp fp16 activations to finfo.max - 1000
-POOL_STRIDE = 2  # the tower's AvgPool1d(2, stride=2) after the last layer
-CONV_STRIDE = 2  # conv2's stride: rows per chunk = conv_out(frames, CONV_STRIDE)
 FLASH_IMPLEMENTATION = "flash_attention_2"
 EAGER_IMPLEMENTATION = "eager"
 
@@ -323,7 +324,7 @@ def run_windowed_stack(
     return out if index is None else out.index_select(0, torch.argsort(index).to(out.device))
 
 
-# ------------------------------------------------------------------ Qwen2.5-Omni
+# ------------------------------------------------------------ chunking and pooling
 def chunk_frames_per_clip(lengths: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cut each clip into ``chunk_frames``-frame chunks (the last may be shorter).
 
@@ -363,21 +364,21 @@ def mel_chunks(mel: torch.Tensor, lengths: torch.Tensor, chunk_frames: int) -> t
     return chunks.transpose(1, 2), chunk_lengths
 
 
-def pool_pair_starts(rows_per_clip: torch.Tensor) -> torch.Tensor:
-    """First index of each stride-2 average-pool pair in the packed rows of all clips.
+def pool_group_starts(rows_per_clip: torch.Tensor, stride: int) -> torch.Tensor:
+    """First index of each ``stride``-row average-pool group in the packed rows of all clips.
 
-    rows_per_clip: ``(B,)`` rows after conv2. Each clip keeps ``T // 2`` pairs
-    ``(2i, 2i + 1)`` of its own rows (an odd last row is dropped), as HF's
-    ``AvgPool1d(2, 2)`` over the clip. Returns ``(sum T // 2,)`` int64.
+    rows_per_clip: ``(B,)``. Each clip keeps ``T // stride`` groups of its own rows (a
+    short last group is dropped), as HF's ``AvgPool1d(stride, stride)`` over the clip.
+    Returns ``(sum T // stride,)`` int64.
 
-    >>> pool_pair_starts(torch.tensor([5, 1, 4])).tolist()
+    >>> pool_group_starts(torch.tensor([5, 1, 4]), 2).tolist()
     [0, 2, 6, 8]
     """
-    pairs = rows_per_clip // POOL_STRIDE
+    groups = rows_per_clip // stride
     offsets = F.pad(rows_per_clip.cumsum(0)[:-1], (1, 0))
-    pair_offsets = F.pad(pairs.cumsum(0)[:-1], (1, 0))
-    pair_index = torch.arange(int(pairs.sum())) - torch.repeat_interleave(pair_offsets, pairs)
-    return torch.repeat_interleave(offsets, pairs) + pair_index * POOL_STRIDE
+    group_offsets = F.pad(groups.cumsum(0)[:-1], (1, 0))
+    group_index = torch.arange(int(groups.sum())) - torch.repeat_interleave(group_offsets, groups)
+    return torch.repeat_interleave(offsets, groups) + group_index * stride
 
 
 def check_lengths(mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -392,40 +393,11 @@ def check_lengths(mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
-def qwen2_5_omni_packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Qwen2.5-Omni audio tower on a padded batch, all chunks at once: ``[sum rows, output_dim]``.
-
-    mel: ``[B, M_max, n_mels]`` (cast to the encoder's dtype); lengths: ``(B,)``
-    valid frames per clip (any device; read on CPU). Same result as
-    ``Qwen2_5OmniAudioEncoder.forward`` on the concatenated valid frames:
-    per-chunk conv1/conv2 (GELU) + restarted sinusoidal positions, the layers
-    with chunk-local attention, stride-2 average pool per clip, ln_post, proj.
-    """
-    lengths = check_lengths(mel, lengths)
-    chunk_frames = CONV_STRIDE * encoder.n_window
-    chunks, chunk_lengths = mel_chunks(mel.to(encoder.conv1.weight.dtype), lengths, chunk_frames)
-    frame_mask = torch.arange(chunks.shape[2]) < chunk_lengths[:, None]  # [num_chunks, W]
-    embed = F.gelu(encoder.conv1(chunks)) * frame_mask.to(chunks.device)[:, None, :]
-    embed = F.gelu(encoder.conv2(embed)).transpose(1, 2)  # [num_chunks, L, d]
-    positions = encoder.positional_embedding.positional_embedding[: embed.shape[1]]
-    embed = embed + positions.unsqueeze(0).to(embed.dtype)
-    window_rows = conv_out(chunk_lengths, CONV_STRIDE)  # one attention window per chunk
-    hidden = WindowLayout.from_window_rows(window_rows, embed.device).to_rows(embed)  # [N, d]
-    hidden = run_windowed_stack(encoder.layers, hidden, window_rows, attention_kernel(encoder.config, hidden.device))
-    starts = pool_pair_starts(conv_out(lengths, CONV_STRIDE)).to(hidden.device)
-    hidden = (hidden[starts] + hidden[starts + 1]) / POOL_STRIDE
-    return encoder.proj(encoder.ln_post(hidden))
-
-
-# -------------------------------------------------------------------- Qwen3-Omni
+# ------------------------------------------------------------ a torch bug on CPU
 # torch 2.13 on CPU: a bfloat16 Conv2d (k3 s2 p1) whose input is fewer than 3 frames wide returns
 # garbage (errors of O(1) up to 1e37, or NaN), which HF's own forward inherits for clips of <= 8
 # frames. Such narrow convs run in float32 here (tests/encoders/test_packed.py shows the bug).
 BF16_CPU_CONV_MIN_WIDTH = 3
-# CPU: chunks per conv call. conv2d1's output is [chunks, 480, 64, 50] (3 MB per chunk in bf16); HF's
-# conv_chunksize (500) lets one call of 120 chunks allocate ~370 MB per activation, and 4 x 30 s clips
-# ran 0.7x HF (which convolves clip by clip). Slices of 32 chunks keep each activation ~100 MB.
-CPU_CONV_CHUNKS = 32
 
 
 def conv2d_bf16_safe(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -434,91 +406,3 @@ def conv2d_bf16_safe(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         bias = None if conv.bias is None else conv.bias.float()
         return F.conv2d(x.float(), conv.weight.float(), bias, conv.stride, conv.padding).to(x.dtype)
     return conv(x)
-
-
-def qwen3_conv_widths(lengths: torch.Tensor, clip_of_chunk: torch.Tensor, chunk_frames: int) -> torch.Tensor:
-    """Width each chunk is zero-padded to before the conv stack, as HF's forward on the clip ALONE pads it.
-
-    A clip of >= ``chunk_frames`` frames has a full chunk, so all its chunks are padded to
-    ``chunk_frames`` (HF pads to the longest chunk of the call); a shorter clip is one
-    unpadded chunk. The padding matters: the convs do not re-mask it, so a padded
-    tail chunk's last rows see ``gelu(bias)`` from the padding. Returns ``(num_chunks,)``.
-
-    >>> qwen3_conv_widths(torch.tensor([250, 37]), torch.tensor([0, 0, 0, 1]), 100).tolist()
-    [100, 100, 100, 37]
-    """
-    return lengths.clamp(max=chunk_frames)[clip_of_chunk]
-
-
-def qwen3_window_rows(clip_rows: torch.Tensor, window_rows: int) -> torch.Tensor:
-    """Split each clip's rows into attention windows of ``window_rows`` (the last shorter): ``(num_windows,)``.
-
-    clip_rows: ``(B,)`` rows per clip (each >= 1).
-
-    >>> qwen3_window_rows(torch.tensor([60, 13, 5]), 26).tolist()
-    [26, 26, 8, 13, 5]
-    """
-    full = clip_rows // window_rows
-    tail = clip_rows % window_rows
-    counts = full + (tail > 0).long()
-    windows = torch.full((int(counts.sum()),), window_rows, dtype=torch.long)
-    last = counts.cumsum(0) - 1
-    has_tail = tail > 0
-    windows[last[has_tail]] = tail[has_tail]
-    return windows
-
-
-def qwen3_conv_stack(encoder: nn.Module, chunks: torch.Tensor) -> torch.Tensor:
-    """``[n, n_mels, W]`` zero-padded chunks -> ``[n, t, d]``: three conv2d + GELU, conv_out, positions.
-
-    Runs in slices of ``encoder.conv_chunksize`` chunks, as HF does, to bound the conv activations;
-    narrow bf16 convs on CPU run in float32 (:func:`conv2d_bf16_safe`).
-    """
-    outputs = []
-    per_call = encoder.conv_chunksize if chunks.device.type == "cuda" else CPU_CONV_CHUNKS
-    for part in chunks.unsqueeze(1).split(per_call, dim=0):
-        for conv in (encoder.conv2d1, encoder.conv2d2, encoder.conv2d3):
-            part = F.gelu(conv2d_bf16_safe(conv, part))
-        outputs.append(part)
-    embed = torch.cat(outputs)  # [n, channels, freq, t]
-    n, channels, freq, steps = embed.shape
-    embed = encoder.conv_out(embed.permute(0, 3, 1, 2).reshape(n, steps, channels * freq))
-    return embed + encoder.positional_embedding.positional_embedding[:steps].unsqueeze(0).to(embed.dtype)
-
-
-def qwen3_omni_packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Qwen3-Omni audio tower on a padded batch, every clip as HF's forward gives it ALONE: ``[sum rows, output_dim]``.
-
-    mel: ``[B, M_max, n_mels]``; lengths: ``(B,)`` valid frames (any device; read on CPU).
-    The conv stack runs once per chunk width (one call for all clips of >= 100 frames,
-    one per distinct shorter length, see :func:`qwen3_conv_widths`); then the layers run
-    ONCE over the packed rows of the whole batch, attending within windows of
-    ``13 * n_window_infer / 100`` rows per clip; then ln_post, proj1, act, proj2.
-    """
-    lengths = check_lengths(mel, lengths)
-    chunk_frames = CONV_STRIDE * encoder.n_window
-    frames, clip_of_chunk, index_in_clip = chunk_frames_per_clip(lengths, chunk_frames)
-    widths = qwen3_conv_widths(lengths, clip_of_chunk, chunk_frames)
-    chunk_rows = qwen3_omni_rows(frames)  # (num_chunks,): a chunk of <= 100 frames is a clip of its own
-    row_offsets = F.pad(chunk_rows.cumsum(0), (1, 0))  # where each chunk's rows start in the packed order
-    mel = mel.to(encoder.conv2d1.weight.dtype)
-    pieces, destinations = [], []
-    for width in widths.unique().tolist():
-        members = (widths == width).nonzero().flatten()  # chunks padded to this width, in packed order
-        starts = index_in_clip[members] * chunk_frames
-        grid = torch.arange(width)[None, :]  # [1, W]
-        frame_index = (starts[:, None] + grid).clamp(max=mel.shape[1] - 1)  # [n, W]
-        valid = grid < frames[members][:, None]  # [n, W]
-        clips = clip_of_chunk[members]
-        chunks = mel[clips.to(mel.device)[:, None], frame_index.to(mel.device)]  # [n, W, n_mels]
-        chunks = torch.where(valid.to(mel.device)[:, :, None], chunks, 0.0).transpose(1, 2)
-        embed = qwen3_conv_stack(encoder, chunks)  # [n, t, d]
-        keep = torch.arange(embed.shape[1]) < chunk_rows[members][:, None]  # [n, t]
-        pieces.append(embed[keep.to(embed.device)])
-        destinations.append((row_offsets[members][:, None] + torch.arange(embed.shape[1]))[keep])
-    order = torch.cat(destinations).argsort()  # group order -> packed (clip, chunk, row) order
-    hidden = torch.cat(pieces)[order.to(mel.device)]  # [N, d]
-    window = qwen3_omni_rows(chunk_frames) * (encoder.n_window_infer // chunk_frames)
-    window_rows = qwen3_window_rows(qwen3_omni_rows(lengths), window)
-    hidden = run_windowed_stack(encoder.layers, hidden, window_rows, attention_kernel(encoder.config, hidden.device))
-    return encoder.proj2(encoder.act(encoder.proj1(encoder.ln_post(hidden))))

@@ -1,17 +1,24 @@
 """Qwen2-Audio audio tower (``audio_tower.*`` of Qwen/Qwen2-Audio-7B and -7B-Instruct).
 
-A Whisper-large encoder with a stride-2 average pool before its final layer
-norm: one 30 s window (3000 frames) -> 750 rows of ``d_model`` (1280); the
-multi-modal projector to the LM width belongs to the LM, not to the tower.
+A Whisper-large encoder with a stride-2 average pool before its final layer norm: one 30 s
+window (3000 frames) -> 750 rows of ``d_model`` (1280); the multi-modal projector to the LM
+width belongs to the LM, not to the tower.
 
 Every clip is padded to its window with the log-mel of silence (see
-:mod:`contaudio.encoders.windows`) and run exactly as ``Qwen2AudioModel.forward``
-runs its tower: padded positions are masked out of attention
-(``create_bidirectional_mask`` over the ``(M - 1) // 2 + 1`` valid conv rows),
-and the first ``T // 2`` pooled rows are kept.
+:mod:`contaudio.encoders.windows`) and run as ``Qwen2AudioModel.forward`` runs its tower:
+padded positions are masked out of attention (a bidirectional mask over the
+``(M - 1) // 2 + 1`` valid conv rows), and the first ``T // 2`` pooled rows are kept.
+
+Returns: the tower's pooled rows that hold the clip (25 Hz, ``d_model`` wide, before the projector).
+Oracle: HF's extractor with the waveform zero-padded to whole 30 s windows (Qwen2-Audio's
+processor for clips of <= 30 s; it truncates longer ones, which are cut as Voxtral's processor
+cuts them), then the tower call of ``Qwen2AudioModel.forward`` (its attention mask from
+``_get_feat_extract_output_lengths`` and ``create_bidirectional_mask``), rows by that helper.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from transformers import PreTrainedModel
@@ -19,58 +26,95 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.qwen2_audio.configuration_qwen2_audio import Qwen2AudioEncoderConfig
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-from contaudio.benchmark import windowed_encoder_flops
-from contaudio.encoders.registry import EncoderFamily, register
-from contaudio.encoders.whisper import check_window
-from contaudio.encoders.windows import split_into_windows
+from contaudio.encoders.oracle import select_rows
+from contaudio.encoders.registry import IntOrTensor, register
+from contaudio.encoders.windows import (
+    WINDOW_CONV_STRIDE,
+    WINDOW_FRAMES,
+    WindowFamily,
+    check_window,
+    hf_windows,
+    split_into_windows,
+)
 from contaudio.features import FeatureConfig
-from contaudio.lengths import WINDOW_FRAMES, conv_out, qwen2_audio_rows, qwen2_audio_window_rows
+from contaudio.lengths import conv_out, windowed_rows
 
+POOL_STRIDE = 2  # AvgPool1d(2, stride=2) after the layers
 QWEN2_AUDIO_FEATURES = FeatureConfig(sampling_rate=16000, feature_size=128, n_fft=400, hop_length=160, chunk_length=30)
 
 
-def qwen2_audio_forward(
-    encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor, fill: bool = True
-) -> torch.Tensor:
-    """HF's tower on each clip's window(s) with Qwen2AudioModel's padding mask: -> ``[sum rows, d_model]``.
+def qwen2_audio_window_rows(mel_len: IntOrTensor) -> IntOrTensor:
+    """Valid rows of one Qwen2-Audio window holding ``M <= 3000`` real frames.
 
-    ``fill=False`` keeps the batch's frames past each clip's end (see :func:`split_into_windows`).
+    conv2 (stride 2) leaves ``T = (M - 1) // 2 + 1`` valid rows, the stride-2 average pool
+    ``(T - 2) // 2 + 1 = T // 2``: 750 for a full window, 0 for ``M <= 2``.
+
+    >>> [qwen2_audio_window_rows(m) for m in (0, 1, 2, 3, 4, 5, 100, 2999, 3000)]
+    [0, 0, 0, 1, 1, 1, 25, 750, 750]
     """
+    return conv_out(mel_len, WINDOW_CONV_STRIDE) // POOL_STRIDE
+
+
+def qwen2_audio_rows(mel_len: IntOrTensor) -> IntOrTensor:
+    """Valid rows the Qwen2-Audio tower returns for ``M`` mel frames (after its average pool).
+
+    ``qwen2_audio_window_rows(M)`` (750 for a full 30 s window) for a clip that fits one window;
+    longer clips (``long_clip="windows"``) are consecutive windows:
+    ``750 * (M // 3000) + qwen2_audio_window_rows(M % 3000)``.
+
+    >>> [qwen2_audio_rows(m) for m in (2, 3, 3000, 3001, 3003, 6000)]
+    [0, 1, 750, 750, 751, 1500]
+    """
+    return windowed_rows(mel_len, qwen2_audio_window_rows, WINDOW_FRAMES)
+
+
+def padding_mask(encoder: PreTrainedModel, conv_rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The attention mask ``Qwen2AudioModel.forward`` gives its tower: valid conv rows ``[K]`` -> 4-D mask."""
+    positions = encoder.config.max_source_positions  # 1500 rows after conv2
+    valid = torch.arange(positions, device=like.device) < conv_rows.to(like.device)[:, None]  # [K, 1500]
+    return create_bidirectional_mask(
+        config=encoder.config, inputs_embeds=like.new_zeros(len(conv_rows), positions, 1), attention_mask=valid.long()
+    )
+
+
+def qwen2_audio_forward(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """HF's tower on each clip's silence-padded window(s) with its padding mask: -> ``[sum rows, d_model]``."""
     check_window(encoder)
-    windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES, fill)  # [K, 3000, n_mels], [K]
-    positions = conv_out(WINDOW_FRAMES)  # 1500 rows after conv2
-    conv_rows = conv_out(frames)  # [K] valid conv rows (HF: audio_feat_lengths)
-    valid = torch.arange(positions, device=windows.device) < conv_rows[:, None]  # [K, 1500]
-    mask = create_bidirectional_mask(
-        config=encoder.config,
-        inputs_embeds=windows.new_zeros(windows.shape[0], positions, 1),
-        attention_mask=valid.long(),
-    )
+    windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES)  # [K, 3000, n_mels], [K]
+    mask = padding_mask(encoder, conv_out(frames, WINDOW_CONV_STRIDE), windows)
     hidden = encoder(windows.transpose(1, 2), attention_mask=mask).last_hidden_state  # [K, 750, d_model]
-    rows = qwen2_audio_window_rows(frames)  # [K]
-    keep = torch.arange(hidden.shape[1], device=hidden.device) < rows[:, None]  # [K, 750]
-    return hidden[keep]
+    return select_rows(hidden, qwen2_audio_window_rows(frames))
 
 
-def qwen2_audio_forward_as_given(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The reference: HF's tower on windows holding whatever the batch holds past each clip (HF's
-    extractor output padded to 30 s gives Qwen2-Audio's own pipeline)."""
-    return qwen2_audio_forward(encoder, mel, lengths, fill=False)
-
-
-QWEN2_AUDIO = register(
-    EncoderFamily(
-        name="qwen2_audio",
-        config_paths={"qwen2_audio": ("audio_config",), "qwen2_audio_encoder": ()},
-        weight_prefixes=("audio_tower.", "model.audio_tower.", ""),
-        encoder_class=Qwen2AudioEncoder,
-        config_class=Qwen2AudioEncoderConfig,
-        rows=qwen2_audio_rows,
-        forward=qwen2_audio_forward,
-        reference_forward=qwen2_audio_forward_as_given,
-        default_features=QWEN2_AUDIO_FEATURES,
-        flops=windowed_encoder_flops,
-        output_dim_key="d_model",
-        window_frames=WINDOW_FRAMES,
+@register
+class Qwen2Audio(WindowFamily):
+    name = "qwen2_audio"
+    config_paths: ClassVar[dict[str, tuple[str, ...]]] = {"qwen2_audio": ("audio_config",), "qwen2_audio_encoder": ()}
+    weight_prefixes = ("audio_tower.", "model.audio_tower.", "")
+    encoder_class = Qwen2AudioEncoder
+    config_class = Qwen2AudioEncoderConfig
+    default_features = QWEN2_AUDIO_FEATURES
+    returns = "audio tower rows holding the clip (pooled to 25 Hz, d_model wide, before the projector)"
+    oracle_path = (
+        "WhisperFeatureExtractor (clip zero-padded to whole 30 s windows) -> the tower call of "
+        "Qwen2AudioModel.forward (mask from _get_feat_extract_output_lengths), rows by that helper"
     )
-)
+
+    rows = staticmethod(qwen2_audio_rows)
+
+    def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return qwen2_audio_forward(encoder, mel, lengths)
+
+    def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """As ``Qwen2AudioModel.forward``: mask from HF's helper, tower, rows by HF's output lengths."""
+        windows, window_frames = hf_windows(input_features, frames, WINDOW_FRAMES)
+        conv_rows, output_rows = encoder._get_feat_extract_output_lengths(window_frames)
+        max_seq_len = (windows.shape[2] - 2) // 2 + 1  # HF's own expression for the conv output length
+        seq_range = torch.arange(max_seq_len, device=conv_rows.device)[None, :]
+        mask = create_bidirectional_mask(
+            config=encoder.config,
+            inputs_embeds=windows.new_zeros(windows.shape[0], max_seq_len, 1),
+            attention_mask=(seq_range < conv_rows[:, None]).long(),
+        )
+        hidden = encoder(windows, attention_mask=mask).last_hidden_state
+        return select_rows(hidden, output_rows)

@@ -1,83 +1,260 @@
 """Qwen3-Omni audio tower (``thinker.audio_tower.*`` of Qwen/Qwen3-Omni-30B-A3B-Instruct, -Thinking, -Captioner).
 
-The mel is cut into 100-frame chunks; three ``k3 s2`` Conv2d run per chunk
-(13 rows per full chunk), attention runs within windows of ``n_window_infer``
-frames, then ``ln_post -> proj1 -> act -> proj2`` to ``output_dim``.
+The mel is cut into 100-frame chunks; three ``k3 s2`` Conv2d run per chunk (13 rows per full
+chunk), attention runs within windows of ``n_window_infer`` frames, then
+``ln_post -> proj1 -> act -> proj2`` to ``output_dim``. The tower takes any length.
 
-One quirk of HF's forward decides what "the" result of a clip is: the chunks of a
-call are right-padded to the longest chunk *in the call*, and unlike Qwen2.5-Omni
-the conv stack does not re-mask the padding between its three convs, so the padded
-positions (``gelu(bias)``, not zero) leak into the last row(s) of a shorter chunk.
-Every clip longer than one chunk has a full chunk, so its tail is always padded
-to 100 frames; but a clip of < 100 frames (< 1 s) gives different features alone
-than next to a longer clip. The one-clip-per-call result is the reference (what the
-model gives a single audio, :func:`hf_forward_per_clip`), and the packed forward
-(:func:`contaudio.encoders.packed.qwen3_omni_packed_forward`) keeps it in any batch
-while running the layer stack once for the whole batch.
+One quirk of HF's forward decides what "the" result of a clip is: the chunks of a call are
+right-padded to the longest chunk *in the call*, and unlike Qwen2.5-Omni the conv stack does not
+re-mask the padding between its three convs, so the padded positions (``gelu(bias)``, not zero)
+leak into the last row(s) of a shorter chunk. Every clip longer than one chunk has a full chunk,
+so its tail is always padded to 100 frames; but a clip of < 100 frames (< 1 s) gives different
+features alone than next to a longer clip in one HF call. The one-clip-per-call result is the
+reference (what the model gives a single audio), and :func:`packed_forward` keeps it in any
+batch while running the layer stack once for the whole batch.
+
+Returns: the rows of ``thinker.get_audio_features(...)`` for the clip alone (13 per second, projected
+to the LM width).
+Oracle: HF's extractor with ``padding="max_length"`` (the clip zero-padded to 300 s: ``ceil(N / 160)``
+frames, what ``Qwen3OmniMoeProcessor``'s ``padding=True`` gives every clip but the longest of its
+batch; a clip alone gets ``N // 160`` frames and a reflected end there), then
+``Qwen3OmniMoeThinkerModel.get_audio_features`` on our tower, one clip per call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
 import torch
-from transformers import PreTrainedModel
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, WhisperFeatureExtractor
 from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
-from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
+    Qwen3OmniMoeAudioEncoder,
+    Qwen3OmniMoeThinkerModel,
+)
 
-from contaudio.benchmark import qwen3_omni_encoder_flops
-from contaudio.encoders.packed import qwen3_omni_packed_forward
-from contaudio.encoders.qwen2_5_omni import concat_valid_frames
-from contaudio.encoders.registry import EncoderFamily, register
+from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, block_macs, config_value
+from contaudio.encoders.oracle import AudioTowerHost, extract, padding_past_the_end
+from contaudio.encoders.packed import (
+    attention_kernel,
+    check_lengths,
+    chunk_frames_per_clip,
+    conv2d_bf16_safe,
+    run_windowed_stack,
+)
+from contaudio.encoders.registry import EncoderFamily, IntOrTensor, register
 from contaudio.features import FeatureConfig
-from contaudio.lengths import QWEN3_OMNI_CHUNK_FRAMES, qwen3_omni_rows
+from contaudio.lengths import ceil_div, conv_out
 
+CHUNK_FRAMES = 100  # 2 * n_window (50): the conv stack runs on 1 s chunks
+CONV_STRIDE = 2  # each of the three Conv2d halves time (and frequency)
+CONV_LAYERS = 3  # conv2d1..3, each k3 s2 p1 over (mel, time)
+CONV2D_TAPS = 9  # 3 x 3 kernel
 QWEN3_OMNI_FEATURES = FeatureConfig(sampling_rate=16000, feature_size=128, n_fft=400, hop_length=160, chunk_length=300)
+
+
+def conv_stack_rows(frames: IntOrTensor) -> IntOrTensor:
+    """Rows three ``k3 s2 p1`` convs leave of ``r`` frames: ``f(r) = conv_out(conv_out(conv_out(r)))``, ``f(0) = 0``.
+
+    >>> [conv_stack_rows(r) for r in (0, 1, 8, 9, 100)]
+    [0, 1, 1, 2, 13]
+    """
+    for _ in range(CONV_LAYERS):
+        frames = conv_out(frames, CONV_STRIDE)
+    return frames
+
+
+def qwen3_omni_rows(mel_len: IntOrTensor) -> IntOrTensor:
+    """Rows the Qwen3-Omni audio tower returns for ``M`` mel frames.
+
+    The mel is cut into chunks of 100 frames (the last one shorter); the conv stack turns a
+    chunk of ``r`` frames into ``f(r)`` rows (:func:`conv_stack_rows`, 13 for a full chunk):
+    ``rows = f(M % 100) + 13 * (M // 100)`` with
+    ``f(r) = ((((r - 1) // 2 + 1) - 1) // 2 + 1 - 1) // 2 + 1`` and ``f(0) = 0``.
+
+    >>> [qwen3_omni_rows(m) for m in (0, 1, 2, 8, 9, 99, 100, 101, 199, 200, 450)]
+    [0, 1, 1, 1, 2, 13, 13, 14, 26, 26, 59]
+    """
+    return conv_stack_rows(mel_len % CHUNK_FRAMES) + conv_stack_rows(CHUNK_FRAMES) * (mel_len // CHUNK_FRAMES)
 
 
 def check_chunking(encoder: PreTrainedModel) -> None:
     """The length rule assumes 100-frame chunks (``n_window=50``) and windows of whole chunks."""
     config = encoder.config
-    if 2 * config.n_window != QWEN3_OMNI_CHUNK_FRAMES or config.n_window_infer % QWEN3_OMNI_CHUNK_FRAMES:
+    if 2 * config.n_window != CHUNK_FRAMES or config.n_window_infer % CHUNK_FRAMES:
         raise ValueError(
             f"Qwen3-Omni tower with n_window={config.n_window}, n_window_infer={config.n_window_infer}: "
-            f"contaudio's length rule needs chunks of {QWEN3_OMNI_CHUNK_FRAMES} frames "
-            f"(n_window={QWEN3_OMNI_CHUNK_FRAMES // 2}) and n_window_infer a multiple of {QWEN3_OMNI_CHUNK_FRAMES}"
+            f"contaudio's length rule needs chunks of {CHUNK_FRAMES} frames "
+            f"(n_window={CHUNK_FRAMES // 2}) and n_window_infer a multiple of {CHUNK_FRAMES}"
         )
 
 
-def qwen3_omni_forward(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The packed forward (one layer stack for the whole batch), each clip as HF gives it alone."""
+# CPU: chunks per conv call. conv2d1's output is [chunks, 480, 64, 50] (3 MB per chunk in bf16); HF's
+# conv_chunksize (500) lets one call of 120 chunks allocate ~370 MB per activation, and 4 x 30 s clips
+# ran 0.7x HF (which convolves clip by clip). Slices of 32 chunks keep each activation ~100 MB.
+CPU_CONV_CHUNKS = 32
+
+
+def qwen3_conv_widths(lengths: torch.Tensor, clip_of_chunk: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """Width each chunk is zero-padded to before the conv stack, as HF's forward on the clip ALONE pads it.
+
+    A clip of >= ``chunk_frames`` frames has a full chunk, so all its chunks are padded to
+    ``chunk_frames`` (HF pads to the longest chunk of the call); a shorter clip is one
+    unpadded chunk. The padding matters: the convs do not re-mask it, so a padded
+    tail chunk's last rows see ``gelu(bias)`` from the padding. Returns ``(num_chunks,)``.
+
+    >>> qwen3_conv_widths(torch.tensor([250, 37]), torch.tensor([0, 0, 0, 1]), 100).tolist()
+    [100, 100, 100, 37]
+    """
+    return lengths.clamp(max=chunk_frames)[clip_of_chunk]
+
+
+def qwen3_window_rows(clip_rows: torch.Tensor, window_rows: int) -> torch.Tensor:
+    """Split each clip's rows into attention windows of ``window_rows`` (the last shorter): ``(num_windows,)``.
+
+    clip_rows: ``(B,)`` rows per clip (each >= 1).
+
+    >>> qwen3_window_rows(torch.tensor([60, 13, 5]), 26).tolist()
+    [26, 26, 8, 13, 5]
+    """
+    full = clip_rows // window_rows
+    tail = clip_rows % window_rows
+    counts = full + (tail > 0).long()
+    windows = torch.full((int(counts.sum()),), window_rows, dtype=torch.long)
+    last = counts.cumsum(0) - 1
+    has_tail = tail > 0
+    windows[last[has_tail]] = tail[has_tail]
+    return windows
+
+
+def qwen3_conv_stack(encoder: nn.Module, chunks: torch.Tensor) -> torch.Tensor:
+    """``[n, n_mels, W]`` zero-padded chunks -> ``[n, t, d]``: three conv2d + GELU, conv_out, positions.
+
+    Runs in slices of ``encoder.conv_chunksize`` chunks, as HF does, to bound the conv activations;
+    narrow bf16 convs on CPU run in float32 (:func:`conv2d_bf16_safe`).
+    """
+    outputs = []
+    per_call = encoder.conv_chunksize if chunks.device.type == "cuda" else CPU_CONV_CHUNKS
+    for part in chunks.unsqueeze(1).split(per_call, dim=0):
+        for conv in (encoder.conv2d1, encoder.conv2d2, encoder.conv2d3):
+            part = F.gelu(conv2d_bf16_safe(conv, part))
+        outputs.append(part)
+    embed = torch.cat(outputs)  # [n, channels, freq, t]
+    n, channels, freq, steps = embed.shape
+    embed = encoder.conv_out(embed.permute(0, 3, 1, 2).reshape(n, steps, channels * freq))
+    return embed + encoder.positional_embedding.positional_embedding[:steps].unsqueeze(0).to(embed.dtype)
+
+
+def packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Qwen3-Omni audio tower on a padded batch, every clip as HF's forward gives it ALONE: ``[sum rows, output_dim]``.
+
+    mel: ``[B, M_max, n_mels]``; lengths: ``(B,)`` valid frames (any device; read on CPU).
+    The conv stack runs once per chunk width (one call for all clips of >= 100 frames,
+    one per distinct shorter length, see :func:`qwen3_conv_widths`); then the layers run
+    ONCE over the packed rows of the whole batch, attending within windows of
+    ``13 * n_window_infer / 100`` rows per clip; then ln_post, proj1, act, proj2.
+    """
+    lengths = check_lengths(mel, lengths)
     check_chunking(encoder)
-    return qwen3_omni_packed_forward(encoder, mel, lengths)
+    chunk_frames = CONV_STRIDE * encoder.n_window
+    frames, clip_of_chunk, index_in_clip = chunk_frames_per_clip(lengths, chunk_frames)
+    widths = qwen3_conv_widths(lengths, clip_of_chunk, chunk_frames)
+    chunk_rows = qwen3_omni_rows(frames)  # (num_chunks,): a chunk of <= 100 frames is a clip of its own
+    row_offsets = F.pad(chunk_rows.cumsum(0), (1, 0))  # where each chunk's rows start in the packed order
+    mel = mel.to(encoder.conv2d1.weight.dtype)
+    pieces, destinations = [], []
+    for width in widths.unique().tolist():
+        members = (widths == width).nonzero().flatten()  # chunks padded to this width, in packed order
+        starts = index_in_clip[members] * chunk_frames
+        grid = torch.arange(width)[None, :]  # [1, W]
+        frame_index = (starts[:, None] + grid).clamp(max=mel.shape[1] - 1)  # [n, W]
+        valid = grid < frames[members][:, None]  # [n, W]
+        clips = clip_of_chunk[members]
+        chunks = mel[clips.to(mel.device)[:, None], frame_index.to(mel.device)]  # [n, W, n_mels]
+        chunks = torch.where(valid.to(mel.device)[:, :, None], chunks, 0.0).transpose(1, 2)
+        embed = qwen3_conv_stack(encoder, chunks)  # [n, t, d]
+        keep = torch.arange(embed.shape[1]) < chunk_rows[members][:, None]  # [n, t]
+        pieces.append(embed[keep.to(embed.device)])
+        destinations.append((row_offsets[members][:, None] + torch.arange(embed.shape[1]))[keep])
+    order = torch.cat(destinations).argsort()  # group order -> packed (clip, chunk, row) order
+    hidden = torch.cat(pieces)[order.to(mel.device)]  # [N, d]
+    window = qwen3_omni_rows(chunk_frames) * (encoder.n_window_infer // chunk_frames)
+    window_rows = qwen3_window_rows(qwen3_omni_rows(lengths), window)
+    hidden = run_windowed_stack(encoder.layers, hidden, window_rows, attention_kernel(encoder.config, hidden.device))
+    return encoder.proj2(encoder.act(encoder.proj1(encoder.ln_post(hidden))))
 
 
-def hf_call(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """One call of HF's tower on a padded batch (packed as HF expects): ``[sum rows, output_dim]``."""
-    check_chunking(encoder)
-    lengths = lengths.to(mel.device)
-    return encoder(concat_valid_frames(mel, lengths), feature_lens=lengths).last_hidden_state
+def qwen3_omni_flops(config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
+    """Matmul FLOPs of the Qwen3-Omni audio tower over clips of ``lengths`` mel frames, as it runs.
+
+    A clip of ``M >= 100`` frames is ``ceil(M / 100)`` chunks, each padded to 100 frames; a shorter
+    clip one chunk of ``M``. Per chunk of width ``w``: three ``3x3 s2`` Conv2d over (mel, time) with
+    ``C = downsample_hidden_size`` channels, ``F_i x T_i`` outputs
+    (``2 F1 T1 C 9 + 2 F2 T2 C^2 9 + 2 F3 T3 C^2 9``) and ``conv_out`` (``2 T3 (C F3) d``). Per valid
+    row: ``2 (L (4 d^2 + 2 d ffn) + d^2 + d out)``; per attention window of ``r`` rows and layer
+    ``2 * 2 r^2 d`` (windows of ``13 * n_window_infer / 100`` rows).
+    """
+    d, ffn = config_value(config, "d_model"), config_value(config, "encoder_ffn_dim")
+    layers, n_mels = config_value(config, "encoder_layers"), config_value(config, "num_mel_bins")
+    channels, output_dim = config_value(config, "downsample_hidden_size"), config_value(config, "output_dim")
+    window = conv_stack_rows(CHUNK_FRAMES) * (config_value(config, "n_window_infer") // CHUNK_FRAMES)
+
+    def chunk_macs(width: int) -> int:
+        freq, steps, macs, in_channels = n_mels, width, 0, 1
+        for _ in range(CONV_LAYERS):
+            freq, steps = conv_out(freq, CONV_STRIDE), conv_out(steps, CONV_STRIDE)
+            macs += freq * steps * in_channels * channels * CONV2D_TAPS
+            in_channels = channels
+        return macs + steps * channels * freq * d
+
+    macs = 0
+    for length in torch.as_tensor(lengths).tolist():
+        chunks = ceil_div(length, CHUNK_FRAMES)
+        macs += chunks * chunk_macs(CHUNK_FRAMES) if length >= CHUNK_FRAMES else chunk_macs(length)
+        rows = qwen3_omni_rows(length)
+        macs += layers * block_macs(rows, d, ffn) + rows * (d * d + d * output_dim)
+        full_windows, rest = divmod(rows, window)
+        macs += layers * (full_windows * attention_macs(window, d) + attention_macs(rest, d))
+    return float(FLOPS_PER_MAC * macs)
 
 
-def hf_forward_per_clip(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The reference: HF's forward called once per clip, as for a single audio. -> ``[sum rows, output_dim]``."""
-    lengths = lengths.cpu()
-    return torch.cat([hf_call(encoder, mel[i : i + 1, :m], lengths[i : i + 1]) for i, m in enumerate(lengths.tolist())])
-
-
-QWEN3_OMNI = register(
-    EncoderFamily(
-        name="qwen3_omni",
-        config_paths={
-            "qwen3_omni_moe": ("thinker_config", "audio_config"),
-            "qwen3_omni_moe_thinker": ("audio_config",),
-            "qwen3_omni_moe_audio_encoder": (),
-        },
-        weight_prefixes=("thinker.audio_tower.", "audio_tower.", "model.audio_tower.", ""),
-        encoder_class=Qwen3OmniMoeAudioEncoder,
-        config_class=Qwen3OmniMoeAudioEncoderConfig,
-        rows=qwen3_omni_rows,
-        forward=qwen3_omni_forward,
-        reference_forward=hf_forward_per_clip,
-        default_features=QWEN3_OMNI_FEATURES,
-        flops=qwen3_omni_encoder_flops,
+@register
+class Qwen3Omni(EncoderFamily):
+    name = "qwen3_omni"
+    config_paths: ClassVar[dict[str, tuple[str, ...]]] = {
+        "qwen3_omni_moe": ("thinker_config", "audio_config"),
+        "qwen3_omni_moe_thinker": ("audio_config",),
+        "qwen3_omni_moe_audio_encoder": (),
+    }
+    weight_prefixes = ("thinker.audio_tower.", "thinker.model.audio_tower.", "audio_tower.", "model.audio_tower.", "")
+    encoder_class = Qwen3OmniMoeAudioEncoder
+    config_class = Qwen3OmniMoeAudioEncoderConfig
+    default_features = QWEN3_OMNI_FEATURES
+    returns = "thinker.get_audio_features rows of the clip alone (13 per second, projected to the LM width)"
+    oracle_path = (
+        "WhisperFeatureExtractor(padding='max_length'), then Qwen3OmniMoeThinkerModel.get_audio_features "
+        "one clip per call (HF's batched call leaks conv padding into clips < 1 s)"
     )
-)
+
+    rows = staticmethod(qwen3_omni_rows)
+
+    def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return packed_forward(encoder, mel, lengths)
+
+    def flops(self, config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
+        return qwen3_omni_flops(config, lengths)
+
+    def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
+        max_length = max(extractor.n_samples, padding_past_the_end(len(wav), extractor.n_fft, extractor.hop_length))
+        return extract(extractor, wav, padding="max_length", max_length=max_length, truncation=False)
+
+    def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """One ``get_audio_features`` call for the whole batch, as HF runs a batch (bench's HF column)."""
+        check_chunking(encoder)
+        mask = (torch.arange(input_features.shape[2]) < frames[:, None]).long().to(input_features.device)
+        out = Qwen3OmniMoeThinkerModel.get_audio_features(AudioTowerHost(encoder), input_features, mask)
+        return out.last_hidden_state

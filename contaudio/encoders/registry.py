@@ -1,61 +1,126 @@
-"""One registry: encoder family name -> everything needed to load and run it.
+"""One registry: encoder family name -> the family, and the base class every family module fills in.
 
-A family is keyed by the checkpoint's ``model_type``, never by a hub tag, so any
-checkpoint of a supported family (official sizes, fine-tunes, a standalone
-encoder export) loads the same way.
+A family is one module under ``contaudio/encoders/`` holding everything that is that family's:
+its length rule (formula in the docstring), its fast forward, its FLOP rule, its weight prefixes
+and its HF oracle (HF's own public path on the same weights). It registers itself with
+:func:`register`, the way lhotse's ``register_extractor`` works::
+
+    @register
+    class Whisper(EncoderFamily):
+        name = "whisper"
+        ...
+
+A family is keyed by the checkpoint's ``model_type``, never by a hub tag, so any checkpoint of a
+supported family (official sizes, fine-tunes, a standalone encoder export) loads the same way.
+Its shipped config cards are JSON files in ``contaudio/cards`` naming the family.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel, WhisperFeatureExtractor
 
+from contaudio.encoders.oracle import OracleRows, ask_hf
 from contaudio.features import FeatureConfig
+from contaudio.lengths import IntOrTensor
 
-# mel frames (int or LongTensor) -> encoder rows, same type out
-LengthRule = Callable[[Any], Any]
-# (encoder, mel [B, M_max, n_mels] in the encoder's dtype/device, lengths [B] LongTensor) -> [sum rows, D]
-ForwardFn = Callable[[PreTrainedModel, torch.Tensor, torch.Tensor], torch.Tensor]
-# (encoder config, mel frames per clip) -> matmul FLOPs of one forward (contaudio.benchmark)
-FlopsFn = Callable[[Any, Any], float]
+__all__ = ["FAMILIES", "EncoderFamily", "IntOrTensor", "family_for_model_type", "get_family", "register"]
 
 
-@dataclass(frozen=True)
-class EncoderFamily:
-    """How to find, build and run one family's audio encoder.
+class EncoderFamily(ABC):
+    """How to find, build, run, count and check one family's audio encoder.
 
-    name: registry key, e.g. ``"qwen2_5_omni"``.
-    config_paths: checkpoint ``model_type`` -> key path from its ``config.json`` to
-        the encoder config (``()`` when the checkpoint *is* the encoder).
-    weight_prefixes: key prefixes of the encoder tensors, tried in order.
-    encoder_class / config_class: the HF modules used to build the encoder.
-    rows: the exact length rule, mel frames -> encoder rows.
-    forward: the fast batched forward; ``reference_forward`` is HF's own.
-    default_features: feature config used when a checkpoint ships none.
-    window_frames: mel frames the encoder takes at once (3000 = 30 s for Whisper and
-        Qwen2-Audio: every clip is padded to the window); ``None`` for encoders that take
-        any length. Clips longer than the window follow ``ContinuousAudioIO(long_clip=...)``.
-    flops: matmul FLOPs of one forward, for the bench's MFU figure (``None``: not reported).
+    Class attributes (set by each family):
+        name: registry key, e.g. ``"qwen2_5_omni"``.
+        config_paths: checkpoint ``model_type`` -> key path from its ``config.json`` to the
+            encoder config (``()`` when the checkpoint *is* the encoder).
+        weight_prefixes: key prefixes of the encoder tensors in a checkpoint, tried in order.
+        encoder_class / config_class: the HF modules the encoder is built from.
+        default_features: feature config used when a checkpoint ships none.
+        output_dim_key: the config key of the output width.
+        window_frames: mel frames the encoder takes at once (3000 = 30 s for Whisper-style
+            encoders, every clip padded to the window); ``None`` for encoders that take any length.
+        returns: one line: which HF output contaudio returns for a clip.
+        oracle_path: one line: the HF code path the oracle runs.
     """
 
-    name: str
-    config_paths: dict[str, tuple[str, ...]]
-    weight_prefixes: tuple[str, ...]
-    encoder_class: type[PreTrainedModel]
-    config_class: type[PreTrainedConfig]
-    rows: LengthRule
-    forward: ForwardFn
-    reference_forward: ForwardFn
-    default_features: FeatureConfig
-    output_dim_key: str = "output_dim"
-    window_frames: int | None = None
-    flops: FlopsFn | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    name: ClassVar[str]
+    config_paths: ClassVar[dict[str, tuple[str, ...]]]
+    weight_prefixes: ClassVar[tuple[str, ...]]
+    encoder_class: ClassVar[type[PreTrainedModel]]
+    config_class: ClassVar[type[PreTrainedConfig]]
+    default_features: ClassVar[FeatureConfig]
+    output_dim_key: ClassVar[str] = "output_dim"
+    window_frames: ClassVar[int | None] = None
+    returns: ClassVar[str]
+    oracle_path: ClassVar[str]
 
+    # ------------------------------------------------------------------ the family's own rules
+    @staticmethod
+    @abstractmethod
+    def rows(mel_len: IntOrTensor) -> IntOrTensor:
+        """The exact length rule: encoder rows for ``mel_len`` mel frames (int or LongTensor, same type out)."""
+
+    @abstractmethod
+    def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The fast batched forward: ``mel [B, M_max, n_mels]``, ``lengths [B]`` -> ``[sum rows, D]``.
+
+        ``mel`` is in the encoder's dtype and on its device; ``lengths`` may be anywhere.
+        """
+
+    @abstractmethod
+    def flops(self, config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
+        """Matmul FLOPs of one forward over clips of ``lengths`` mel frames (for the bench's utilisation)."""
+
+    # --------------------------------------------------------------------------- HF's own path
+    @abstractmethod
+    def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
+        """HF's feature extractor on one 16 kHz clip as the model's processor calls it.
+
+        Returns ``(input_features [1, n_mels, F], frames)``: the extractor's features and the
+        clip's valid frames (the sum of its attention mask).
+        """
+
+    @abstractmethod
+    def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """HF's model path on HF-layout features: ``[B, n_mels, F]``, valid frames ``[B]`` -> ``[sum rows, D]``.
+
+        The rows of each clip are the ones HF's own code selects (its length helper or its
+        output split), never contaudio's rule.
+        """
+
+    def oracle(self, encoder: PreTrainedModel, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> OracleRows:
+        """HF's answer for one clip from its waveform: HF's extractor, then HF's model path on these weights."""
+
+        def ask() -> torch.Tensor:
+            features, frames = self.hf_inputs(extractor, wav)
+            return self.hf_encode(encoder, features.to(encoder.device, encoder.dtype), torch.tensor([frames]))
+
+        return ask_hf(ask)
+
+    def oracle_from_mel(self, encoder: PreTrainedModel, mel: torch.Tensor) -> OracleRows:
+        """HF's model path on a clip given as mel frames ``[M, n_mels]`` (no extractor)."""
+        features, frames = self.hf_layout(mel[None].to(encoder.device, encoder.dtype), torch.tensor([mel.shape[0]]))
+        return ask_hf(lambda: self.hf_encode(encoder, features, frames))
+
+    def reference_forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """HF's model path on a padded batch as a user would run it (bench's HF column): ``[sum rows, D]``."""
+        return self.hf_encode(encoder, *self.hf_layout(mel, lengths))
+
+    def hf_layout(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """contaudio's ``[B, M_max, n_mels]`` batch -> HF's ``[B, n_mels, F]`` (F a whole number of windows)."""
+        features = mel.transpose(1, 2)
+        if self.window_frames is not None:
+            width = -(-features.shape[2] // self.window_frames) * self.window_frames
+            features = torch.nn.functional.pad(features, (0, width - features.shape[2]))
+        return features, lengths
+
+    # --------------------------------------------------------------------------- config reading
     def encoder_config(self, raw: dict[str, Any]) -> dict[str, Any]:
         """The encoder's config dict inside a checkpoint's ``config.json`` dict."""
         path = self.config_paths[raw["model_type"]]
@@ -74,19 +139,23 @@ class EncoderFamily:
         config = self.config_class(**{k: v for k, v in encoder_config.items() if k != "model_type"})
         return int(getattr(config, self.output_dim_key))
 
+    def __repr__(self) -> str:
+        return f"<encoder family {self.name}>"
+
 
 FAMILIES: dict[str, EncoderFamily] = {}
+FamilyClass = TypeVar("FamilyClass", bound=type[EncoderFamily])
 
 
-def register(family: EncoderFamily) -> EncoderFamily:
-    """Add ``family`` to the registry (its model types must be new)."""
-    if family.name in FAMILIES:
-        raise ValueError(f"encoder family {family.name!r} is already registered")
+def register(cls: FamilyClass) -> FamilyClass:
+    """Class decorator: add one instance of the family ``cls`` to the registry (its model types must be new)."""
+    if cls.name in FAMILIES:
+        raise ValueError(f"encoder family {cls.name!r} is already registered")
     taken = {mt for f in FAMILIES.values() for mt in f.config_paths}
-    if clash := taken & set(family.config_paths):
+    if clash := taken & set(cls.config_paths):
         raise ValueError(f"model types {sorted(clash)} already belong to another family")
-    FAMILIES[family.name] = family
-    return family
+    FAMILIES[cls.name] = cls()
+    return cls
 
 
 def get_family(name: str) -> EncoderFamily:

@@ -1,40 +1,69 @@
 """Voxtral audio encoder (``audio_tower.*`` of mistralai/Voxtral-Mini-3B-2507 and -Small-24B-2507).
 
-A Whisper-large-v3 encoder under another name: one 30 s window (3000 frames, 128
-mels) -> 1500 rows of ``d_model`` (1280), full attention over the window and no
-padding mask. Voxtral's processor pads the waveform to the next multiple of 30 s
-and encodes each window on its own, which is exactly our ``long_clip="windows"``
-policy; the 4-row reshape and the projector of ``get_audio_features`` belong to
-the LM, not to the tower. So the family reuses Whisper's forward and length
-rule unchanged: only the HF classes, the config path and the weight prefix differ.
+A Whisper-large-v3 encoder under another name: one 30 s window (3000 frames, 128 mels) -> 1500
+rows of ``d_model`` (1280), full attention over the window and no padding mask. Voxtral's
+processor pads the waveform to the next multiple of 30 s and encodes each window on its own,
+which is exactly our ``long_clip="windows"`` policy. So the family reuses the Whisper-style forward
+and length rule unchanged (:class:`~contaudio.encoders.windows.WindowFamily`): only the HF classes,
+the config path, the weight prefix and the oracle's HF method differ.
+
+Returns: the tower's rows for the clip's own frames (``get_audio_features(...).last_hidden_state``:
+50 Hz, before Voxtral's 4-row reshape and projector). Voxtral's processor hands the LM all 1500
+rows of every window, the padding's included; contaudio keeps the clip's.
+Oracle: HF's extractor with Voxtral's processor padding (whole 30 s windows), the windows cut as
+its processor cuts them, ``VoxtralModel.get_audio_features`` on our tower (projector and reshape
+set aside), rows selected by Whisper's ``_get_feat_extract_output_lengths`` (Voxtral has none).
 """
 
 from __future__ import annotations
 
-from transformers.models.voxtral.configuration_voxtral import VoxtralEncoderConfig
-from transformers.models.voxtral.modeling_voxtral import VoxtralEncoder
+from types import SimpleNamespace
+from typing import ClassVar
 
-from contaudio.benchmark import windowed_encoder_flops
-from contaudio.encoders.registry import EncoderFamily, register
-from contaudio.encoders.whisper import whisper_forward, whisper_forward_as_given
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.models.voxtral.configuration_voxtral import VoxtralEncoderConfig
+from transformers.models.voxtral.modeling_voxtral import VoxtralEncoder, VoxtralModel
+from transformers.models.whisper.modeling_whisper import WhisperPreTrainedModel
+
+from contaudio.encoders.oracle import select_rows
+from contaudio.encoders.registry import register
+from contaudio.encoders.windows import WINDOW_FRAMES, WindowFamily, hf_windows
 from contaudio.features import FeatureConfig
-from contaudio.lengths import WINDOW_FRAMES, whisper_rows
 
 VOXTRAL_FEATURES = FeatureConfig(sampling_rate=16000, feature_size=128, n_fft=400, hop_length=160, chunk_length=30)
 
-VOXTRAL = register(
-    EncoderFamily(
-        name="voxtral",
-        config_paths={"voxtral": ("audio_config",), "voxtral_encoder": ()},
-        weight_prefixes=("audio_tower.", "model.audio_tower.", ""),
-        encoder_class=VoxtralEncoder,
-        config_class=VoxtralEncoderConfig,
-        rows=whisper_rows,
-        forward=whisper_forward,
-        reference_forward=whisper_forward_as_given,
-        default_features=VOXTRAL_FEATURES,
-        flops=windowed_encoder_flops,
-        output_dim_key="d_model",
-        window_frames=WINDOW_FRAMES,
+
+class VoxtralTowerHost(nn.Module):
+    """Runs ``VoxtralModel.get_audio_features`` on our tower: an identity projector and a reshape
+    to ``d_model`` columns leave the tower's rows as they are (``last_hidden_state`` is read anyway)."""
+
+    def __init__(self, audio_tower: nn.Module) -> None:
+        super().__init__()
+        self.audio_tower = audio_tower
+        self.multi_modal_projector = nn.Identity()
+        self.config = SimpleNamespace(
+            return_dict=True, audio_config=SimpleNamespace(intermediate_size=audio_tower.config.d_model)
+        )
+
+
+@register
+class Voxtral(WindowFamily):
+    name = "voxtral"
+    config_paths: ClassVar[dict[str, tuple[str, ...]]] = {"voxtral": ("audio_config",), "voxtral_encoder": ()}
+    weight_prefixes = ("audio_tower.", "model.audio_tower.", "")
+    encoder_class = VoxtralEncoder
+    config_class = VoxtralEncoderConfig
+    default_features = VOXTRAL_FEATURES
+    returns = "audio tower rows holding the clip (50 Hz, before Voxtral's 4-row reshape and projector)"
+    oracle_path = (
+        "WhisperFeatureExtractor with VoxtralProcessor's padding (whole 30 s windows) -> "
+        "VoxtralModel.get_audio_features(...).last_hidden_state per window, rows by Whisper's length helper"
     )
-)
+
+    def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        windows, window_frames = hf_windows(input_features, frames, WINDOW_FRAMES)
+        hidden = VoxtralModel.get_audio_features(VoxtralTowerHost(encoder), windows).last_hidden_state
+        rows = WhisperPreTrainedModel._get_feat_extract_output_lengths(encoder, window_frames)
+        return select_rows(hidden, rows)

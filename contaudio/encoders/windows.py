@@ -1,4 +1,7 @@
-"""Fixed-window encoders (Whisper, Qwen2-Audio): each clip padded to one 30 s window.
+"""Fixed-window encoders (Whisper, Qwen2-Audio, Voxtral): each clip padded to one 30 s window.
+
+The generic machinery of the Whisper-architecture families: the window, the silence padding,
+the long-clip policy, HF's window layout and the FLOP rule of a Whisper-style window.
 
 These encoders take exactly ``window_frames`` (3000) mel frames. HF's
 processors zero-pad the *waveform* to 30 s, so every frame after the clip is the
@@ -8,7 +11,9 @@ the clip's largest rescaled value. We pad each clip's valid frames with that
 level (see :func:`silence_level`) and keep only the rows that hold the clip
 (the family's length rule). The only frames that differ from the extractor's
 padded output are the <= 2 frames whose STFT window straddles the clip's end
-(they are computed from the clip in HF and are silence here).
+(they are computed from the clip in HF and are silence here): a clip that ends in
+>= ``n_fft // 2`` samples of silence, as speech does, is encoded exactly as HF's
+pipeline encodes it; a clip cut off loud moves every row a little (full attention).
 
 A clip longer than the window follows an explicit policy (``ContinuousAudioIO(long_clip=...)``):
 
@@ -21,14 +26,23 @@ A clip longer than the window follows an explicit policy (``ContinuousAudioIO(lo
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel, WhisperFeatureExtractor
 
-from contaudio.encoders.registry import EncoderFamily
+from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, block_macs, config_value
+from contaudio.encoders.oracle import extract, select_rows
+from contaudio.encoders.registry import EncoderFamily, IntOrTensor
 from contaudio.features import DYNAMIC_RANGE, LOG_FLOOR, LOG_OFFSET, LOG_SCALE
-from contaudio.lengths import ceil_div
+from contaudio.lengths import ceil_div, conv_out, windowed_rows
+
+WINDOW_FRAMES = 3000  # max_source_positions (1500) * conv2 stride (2) = 30 s of 10 ms frames
+WINDOW_CONV_STRIDE = 2  # conv1 stride 1, conv2 stride 2
+WINDOW_CONV_KERNEL = 3
 
 LongClipPolicy = Literal["raise", "windows"]
 LONG_CLIP_POLICIES: tuple[str, ...] = ("raise", "windows")
@@ -88,26 +102,119 @@ def silence_level(mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 def split_into_windows(
-    mel: torch.Tensor, lengths: torch.Tensor, window_frames: int, fill: bool = True
+    mel: torch.Tensor, lengths: torch.Tensor, window_frames: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded batch -> one row per window: ``[B, M_max, n_mels]``, ``[B]`` -> ``[K, W, n_mels]``, ``[K]``.
 
-    Clip ``i`` becomes ``ceil(M_i / W)`` consecutive windows (one when it fits),
-    in clip order; frames past the clip's end hold its :func:`silence_level`,
-    whatever the padded batch held there (``fill=False``: the batch's own frames
-    are kept where it has them, e.g. HF's extractor output padded to whole windows,
-    and only frames past ``M_max`` are silence). The second tensor gives each
-    window's real frames (``W`` for all but a clip's last window).
+    Clip ``i`` becomes ``ceil(M_i / W)`` consecutive windows (one when it fits), in clip
+    order; frames past the clip's end hold its :func:`silence_level`, whatever the padded
+    batch held there. The second tensor gives each window's real frames (``W`` for all
+    but a clip's last window).
     """
     lengths = lengths.to(mel.device)
     level = silence_level(mel, lengths).to(mel.dtype)  # [B]
-    kept = lengths[:, None] if fill else mel.shape[1]  # frames of the batch kept, per clip or for all
     span = int(ceil_div(lengths, window_frames).max()) * window_frames
     mel = F.pad(mel, (0, 0, 0, span - mel.shape[1])) if mel.shape[1] < span else mel[:, :span]
-    valid = torch.arange(span, device=mel.device) < kept  # [B, span] (or [span] when not filling)
+    valid = torch.arange(span, device=mel.device) < lengths[:, None]  # [B, span]
     filled = torch.where(valid[..., None], mel, level[:, None, None])  # [B, span, n_mels]
     windows = filled.reshape(mel.shape[0], -1, window_frames, mel.shape[2])  # [B, max windows, W, n_mels]
-    starts = torch.arange(windows.shape[1], device=mel.device) * window_frames  # [max windows]
-    real = (lengths[:, None] - starts).clamp(min=0, max=window_frames)  # [B, max windows]
+    real = window_frame_counts(lengths, windows.shape[1], window_frames)  # [B, max windows]
     keep = real > 0
     return windows[keep], real[keep]
+
+
+def window_frame_counts(lengths: torch.Tensor, windows: int, window_frames: int) -> torch.Tensor:
+    """Real frames of each of ``windows`` consecutive windows per clip: ``[B]`` -> ``[B, windows]``.
+
+    >>> window_frame_counts(torch.tensor([7, 2]), 3, 3).tolist()
+    [[3, 3, 1], [2, 0, 0]]
+    """
+    starts = torch.arange(windows, device=lengths.device) * window_frames
+    return (lengths[:, None] - starts).clamp(min=0, max=window_frames)
+
+
+def hf_windows(
+    input_features: torch.Tensor, frames: torch.Tensor, window_frames: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF-layout features -> the windows HF's encoder takes, as Voxtral's processor cuts them.
+
+    ``[B, n_mels, k * W]`` and valid frames ``[B]`` -> ``[K, n_mels, W]`` windows and their valid
+    frames ``[K]`` (windows holding no frame of their clip are dropped).
+    """
+    batch, n_mels, width = input_features.shape
+    windows = input_features.reshape(batch, n_mels, width // window_frames, window_frames).transpose(1, 2)
+    real = window_frame_counts(frames.to(input_features.device), windows.shape[1], window_frames)
+    keep = real > 0
+    return windows[keep], real[keep]
+
+
+def whisper_style_flops(
+    config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor, window_frames: int = WINDOW_FRAMES
+) -> float:
+    """FLOPs of a Whisper-style fixed-window encoder (Whisper, Qwen2-Audio, Voxtral) over clips of ``lengths`` frames.
+
+    Every clip costs ``ceil(M / W)`` whole windows (the encoder computes the padding too: it
+    attends over the full window). Per window of ``W`` frames and ``R = W // 2`` rows: conv1
+    ``2 W n_mels 3 d``, conv2 ``2 R d 3 d``, and per layer ``2 R (4 d^2 + 2 d ffn) + 2 * 2 R^2 d``.
+    Matmuls only; Qwen2-Audio's average pool and the final norm are not counted. HF config
+    objects resolve aliases (Voxtral's ``hidden_size`` is ``d_model``).
+    """
+    d, ffn = config_value(config, "d_model"), config_value(config, "encoder_ffn_dim")
+    layers, n_mels = config_value(config, "encoder_layers"), config_value(config, "num_mel_bins")
+    rows = conv_out(window_frames, WINDOW_CONV_STRIDE)
+    window = window_frames * n_mels * WINDOW_CONV_KERNEL * d + rows * d * WINDOW_CONV_KERNEL * d
+    window += layers * (block_macs(rows, d, ffn) + attention_macs(rows, d))
+    windows = int(ceil_div(torch.as_tensor(lengths), window_frames).sum())
+    return float(FLOPS_PER_MAC * window * windows)
+
+
+def check_window(encoder: torch.nn.Module) -> None:
+    """The length rules assume 1500 positions after a stride-2 conv: one 3000-frame window."""
+    frames = encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+    if frames != WINDOW_FRAMES:
+        raise ValueError(
+            f"{type(encoder).__name__} takes {frames} mel frames (max_source_positions="
+            f"{encoder.config.max_source_positions}); contaudio's length rules need {WINDOW_FRAMES}"
+        )
+
+
+def window_conv_rows(mel_len: IntOrTensor) -> IntOrTensor:
+    """Valid rows after conv2 for ``M <= 3000`` real frames of a window: ``(M - 1) // 2 + 1``, 0 for none."""
+    return conv_out(mel_len, WINDOW_CONV_STRIDE)
+
+
+def whisper_rows(mel_len: IntOrTensor) -> IntOrTensor:
+    """Valid rows a Whisper-style encoder returns for ``M`` mel frames.
+
+    Each clip is padded to one 3000-frame window; conv2 (stride 2) gives 1500 rows, of which
+    ``(M - 1) // 2 + 1`` hold the clip. Clips longer than a window (``long_clip="windows"``)
+    are consecutive windows: ``1500 * (M // 3000) + conv_out(M % 3000)``.
+
+    >>> [whisper_rows(m) for m in (0, 1, 2, 3, 2999, 3000, 3001, 6000, 7501)]
+    [0, 1, 1, 2, 1500, 1500, 1501, 3000, 3751]
+    """
+    return windowed_rows(mel_len, window_conv_rows, WINDOW_FRAMES)
+
+
+class WindowFamily(EncoderFamily):
+    """What every Whisper-architecture family shares (not registered itself): the 30 s window, the
+    silence-padded forward keeping the clip's rows, the FLOP rule, and HF's extractor padding the
+    waveform to whole windows (Voxtral's processor; Whisper's and Qwen2-Audio's for <= 30 s)."""
+
+    output_dim_key: ClassVar[str] = "d_model"
+    window_frames: ClassVar[int | None] = WINDOW_FRAMES
+    rows = staticmethod(whisper_rows)
+
+    def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """HF's encoder on each clip padded to its window(s) with silence: ``[B, M_max, n_mels]`` -> ``[rows, d]``."""
+        check_window(encoder)
+        windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES)  # [K, 3000, n_mels], [K]
+        hidden = encoder(windows.transpose(1, 2)).last_hidden_state  # [K, 1500, d_model]
+        return select_rows(hidden, window_conv_rows(frames))
+
+    def flops(self, config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
+        return whisper_style_flops(config, lengths)
+
+    def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
+        """HF's extractor with the clip zero-padded to whole 30 s windows."""
+        return extract(extractor, wav, padding="longest", pad_to_multiple_of=extractor.n_samples, truncation=False)

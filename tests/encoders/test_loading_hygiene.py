@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_QWEN_OMNI, tiny_audio_config
+from helpers.checkpoints import TINY_QWEN_OMNI, tiny_audio_config
 from huggingface_hub import constants as hub_constants
 from safetensors.torch import load_file, save_file
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig

@@ -1,29 +1,32 @@
-"""Qwen2-Audio tower: 30 s window + masked attention + pool, length rule, long clips, loading, parity with HF."""
+"""Qwen2-Audio tower: the length rule, the long-clip policy, a bare encoder export, and a clip cut off loud.
+
+Checked against HF's code on the same weights: ``_get_feat_extract_output_lengths`` for the rule;
+HF's extractor (clip zero-padded to whole 30 s windows, cut as Voxtral's processor cuts them) and
+``Qwen2AudioForConditionalGeneration.forward`` (which masks the tower's attention and raises if
+the audio tokens disagree with its own count) for clips longer than a window; and HF's 30 s
+pipeline on a clip that ends loud. What every family shares (loading a whole checkpoint, oracle,
+lengths, padded batches, FLOPs vs torch) is in ``test_families.py``.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from conftest import (
-    TINY_AUDIO_TOKEN,
-    TINY_QWEN2_AUDIO,
-    card_extractor,
-    expected_silence,
-    noise,
-    padded_batch,
-    save_tiny_qwen2_audio,
-    silence_window,
-)
+from helpers.audio import noise
+from helpers.checkpoints import TINY_AUDIO_TOKEN, TINY_QWEN2_AUDIO, card_extractor, save_tiny_qwen2_audio
 from transformers import Qwen2AudioForConditionalGeneration
 
 from contaudio import ContinuousAudioIO
-from contaudio.encoders.windows import ClipTooLongError
-from contaudio.lengths import WINDOW_FRAMES, mel_frames, qwen2_audio_rows
+from contaudio.encoders.qwen2_audio import qwen2_audio_rows
+from contaudio.encoders.windows import WINDOW_FRAMES, ClipTooLongError
 
-ATOL = 1e-5
+ATOL = 1e-5  # fp32, same weights; our mel vs the extractor's differ by ~1e-6
 HOP = 160
 WINDOW_SAMPLES = WINDOW_FRAMES * HOP
 TEXT_TOKEN = 1
+TAIL_SILENCE_SAMPLES = 800  # 50 ms: the frames straddling the clip's end are then silence in HF's features too
+LONG_SAMPLES = [WINDOW_SAMPLES + 481, 45 * 16000, 2 * WINDOW_SAMPLES, 2 * WINDOW_SAMPLES + 320]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -34,110 +37,72 @@ def io(tiny_qwen2_audio_checkpoint) -> ContinuousAudioIO:
 
 
 @pytest.fixture(scope="module")
-def hf_model(tiny_qwen2_audio_checkpoint) -> Qwen2AudioForConditionalGeneration:
+def io_windows(tiny_qwen2_audio_checkpoint) -> ContinuousAudioIO:
     directory, _ = tiny_qwen2_audio_checkpoint
-    return Qwen2AudioForConditionalGeneration.from_pretrained(directory, dtype=torch.float32).eval()
+    return ContinuousAudioIO(encoder_hf_model_tag=str(directory), weights="pretrained", dtype="float32",
+                             long_clip="windows")  # fmt: skip
 
 
-def hf_audio_features(hf_model, windows: list[torch.Tensor], frames: list[int]) -> torch.Tensor:
-    """Tower features as HF's own ``forward`` uses them: ``[sum rows, d_model]``.
+@pytest.fixture(scope="module")
+def hf_model(tiny_qwen2_audio_checkpoint) -> Qwen2AudioForConditionalGeneration:
+    """The whole model transformers saved (same weights as ``io``)."""
+    return tiny_qwen2_audio_checkpoint[1]
 
-    Runs the whole model on 3000-frame windows with ``feature_attention_mask``
-    (HF builds the tower's attention mask) and one audio token per row of our
-    length rule: HF raises if that count differs from its own. The tower output
-    is read at the projector's input and cut with HF's own output lengths.
+
+def hf_extract(wav: np.ndarray, **padding) -> tuple[torch.Tensor, int]:
+    """HF's extractor: ``(input_features [1, n_mels, F], valid frames)``."""
+    out = card_extractor(TINY_QWEN2_AUDIO)(wav, sampling_rate=16000, return_attention_mask=True, return_tensors="pt",
+                                            **padding)  # fmt: skip
+    return out["input_features"], int(out["attention_mask"].sum())
+
+
+def hf_model_rows(hf_model, features: torch.Tensor, frames: int) -> torch.Tensor:
+    """HF's whole-model forward on each 3000-frame window of ``features [1, n_mels, k * 3000]``: ``[rows, d_model]``.
+
+    One audio token per row HF's own ``_get_feat_extract_output_lengths`` counts (HF raises if that
+    disagrees with its tower); the tower output is read at the projector's input, cut to those rows.
     """
-    frames = torch.tensor(frames)
-    _, rows = hf_model.model.audio_tower._get_feat_extract_output_lengths(frames)
-    input_ids = torch.full((len(frames), int(qwen2_audio_rows(frames).max()) + 2), TEXT_TOKEN)
-    for i, count in enumerate(qwen2_audio_rows(frames).tolist()):
+    windows = features[0].reshape(features.shape[1], -1, WINDOW_FRAMES).transpose(0, 1)  # as Voxtral's processor
+    window_frames = torch.tensor([min(WINDOW_FRAMES, frames - s) for s in range(0, frames, WINDOW_FRAMES)])
+    _, rows = hf_model.model.audio_tower._get_feat_extract_output_lengths(window_frames)
+    input_ids = torch.full((len(rows), int(rows.max()) + 2), TEXT_TOKEN)
+    for i, count in enumerate(rows.tolist()):
         input_ids[i, 1 : 1 + count] = TINY_AUDIO_TOKEN
-    feature_mask = (torch.arange(WINDOW_FRAMES) < frames[:, None]).long()
     captured = []
     hook = hf_model.model.multi_modal_projector.register_forward_hook(lambda _m, args, _o: captured.append(args[0]))
     try:
-        hf_model(input_ids=input_ids, input_features=torch.stack(windows).transpose(1, 2),
-                 feature_attention_mask=feature_mask)  # fmt: skip
+        with torch.inference_mode():
+            hf_model(input_ids=input_ids, input_features=windows,
+                     feature_attention_mask=(torch.arange(WINDOW_FRAMES) < window_frames[:, None]).long())  # fmt: skip
     finally:
         hook.remove()
-    (tower,) = captured  # [B, 750, d_model]
+    (tower,) = captured  # [k, 750, d_model]
     return tower[torch.arange(tower.shape[1]) < rows[:, None]]
 
 
-def test_rule_equals_hf_output_lengths_within_the_window(hf_model) -> None:
+def ends_in_silence(rng: np.random.Generator, num_samples: int) -> np.ndarray:
+    """A noise clip of ``num_samples`` whose last 50 ms are silence, as speech ends."""
+    tail = np.zeros(TAIL_SILENCE_SAMPLES, np.float32)
+    return np.concatenate([noise(rng, num_samples - TAIL_SILENCE_SAMPLES, 0.05), tail])
+
+
+def encode(io: ContinuousAudioIO, wav: np.ndarray) -> tuple[int, torch.Tensor]:
+    """preprocess + encode_batch on one clip: (preprocess's T, the rows)."""
+    _, (rows, mel), _ = io.preprocess((wav, 16000))
+    with torch.inference_mode():
+        (feats,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
+    return rows, feats
+
+
+def test_rule_equals_hf_output_lengths(hf_model) -> None:
+    """Within the window HF's own helper; past it, HF's helper summed over consecutive windows."""
+    helper = hf_model.model.audio_tower._get_feat_extract_output_lengths
     ms = torch.arange(1, WINDOW_FRAMES + 1)
-    _, hf_rows = hf_model.model.audio_tower._get_feat_extract_output_lengths(ms)
-    assert torch.equal(qwen2_audio_rows(ms), hf_rows)
+    assert torch.equal(qwen2_audio_rows(ms), helper(ms)[1])
     assert qwen2_audio_rows(0) == 0 and qwen2_audio_rows(WINDOW_FRAMES) == 750
-    for m in (1, 2, 3, 2999, 3000, 3001, 3003, 9001):
-        assert qwen2_audio_rows(m) == int(qwen2_audio_rows(torch.tensor(m)))
-
-
-def test_rule_equals_rows_encode_batch_returns(io) -> None:
-    """Every M in 1..160 (0 rows up to M = 2), then sparse up to the window edge."""
-    ms = torch.cat([torch.arange(1, 161), torch.tensor([997, 1499, 1500, 1501, 2997, 2998, 2999, 3000])])
-    with torch.inference_mode():
-        got = []
-        for block in ms.split(56):
-            got += [f.shape[0] for f in io.encode_batch(torch.randn(len(block), int(block.max()), 128), block)]
-    assert got == qwen2_audio_rows(ms).tolist()
-
-
-def test_loads_only_the_audio_tower(io, tiny_qwen2_audio_checkpoint, tmp_path) -> None:
-    """From the sharded full checkpoint, and from a bare encoder export in one file."""
-    directory, model = tiny_qwen2_audio_checkpoint
-    assert len(list(directory.glob("model-*.safetensors"))) > 1
-    bare = save_tiny_qwen2_audio(tmp_path, encoder_only=True, max_shard_size="10GB")
-    assert (tmp_path / "model.safetensors").is_file()
-    other = ContinuousAudioIO(encoder_hf_model_tag=str(tmp_path), weights="pretrained", dtype="float32")
-    for loaded, tower in ((io, model.model.audio_tower), (other, bare)):
-        reference = tower.state_dict()
-        assert loaded.encoder.state_dict().keys() == reference.keys()
-        for key, tensor in reference.items():
-            assert torch.equal(loaded.encoder.state_dict()[key], tensor), key
-    assert io.family.name == "qwen2_audio" and io.feature_dim() == 32 and io.n_mels == 128
-
-
-def test_encode_batch_equals_hf_forward_on_the_silence_padded_window(io, hf_model, rng) -> None:
-    sizes = [481, 1600, 16000, 5 * 16000 + 77, 29 * 16000, WINDOW_SAMPLES - 1, WINDOW_SAMPLES]
-    mels = [torch.from_numpy(io.preprocess((noise(rng, n), 16000))[1][1]) for n in sizes]
-    batch, lengths = padded_batch([m.numpy() for m in mels], extra=5, fill=9.0)
-    with torch.inference_mode():
-        ours = torch.cat(io.encode_batch(batch, lengths))
-        ref = hf_audio_features(hf_model, [silence_window(m, expected_silence(m)) for m in mels], lengths.tolist())
-    assert ours.shape == (int(qwen2_audio_rows(lengths).sum()), 32)
-    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
-
-
-def test_whole_hf_pipeline_on_speech(io, hf_model, speech_clips) -> None:
-    """Extractor (30 s max_length padding) + HF's model forward vs preprocess + encode_batch, on real speech."""
-    extractor = card_extractor(TINY_QWEN2_AUDIO)
-    names = sorted(speech_clips)
-    outs = [extractor(speech_clips[n], sampling_rate=16000, padding="max_length", return_attention_mask=True,
-                      return_tensors="pt") for n in names]  # fmt: skip
-    frames = [int(out["attention_mask"].sum()) for out in outs]
-    processed = [io.preprocess((speech_clips[n], 16000))[1] for n in names]
-    batch, lengths = padded_batch([mel for _, mel in processed])
-    with torch.inference_mode():
-        ours = io.encode_batch(batch, lengths)
-        ref = hf_audio_features(hf_model, [out["input_features"][0].T for out in outs], frames)
-    assert lengths.tolist() == frames and [f.shape[0] for f in ours] == [rows for rows, _ in processed]
-    torch.testing.assert_close(torch.cat(ours), ref, atol=1e-4, rtol=0)
-
-
-def test_batched_equals_one_at_a_time(io, rng) -> None:
-    sizes = [1, 320, 481, 4000, 16000, 48000, 100000, WINDOW_SAMPLES]
-    mels = [io.preprocess((noise(rng, n), 16000))[1][1] for n in sizes]
-    batch, lengths = padded_batch(mels, extra=30, fill=-7.0)
-    with torch.inference_mode():
-        batched = io.encode_batch(batch, lengths)
-        for i, mel in enumerate(mels):
-            (alone,) = io.encode_batch(torch.from_numpy(mel)[None], lengths[i : i + 1])
-            assert batched[i].shape == alone.shape == (qwen2_audio_rows(mel.shape[0]), 32)
-            torch.testing.assert_close(batched[i], alone, atol=ATOL, rtol=0)
-
-
-LONG_SAMPLES = [WINDOW_SAMPLES + 1, WINDOW_SAMPLES + 481, 45 * 16000, 2 * WINDOW_SAMPLES, 2 * WINDOW_SAMPLES + 320]
+    for m in (1, 2, 3, 2999, 3000, 3001, 3003, 6000, 9001):
+        pieces = torch.tensor([min(WINDOW_FRAMES, m - s) for s in range(0, m, WINDOW_FRAMES)])
+        assert qwen2_audio_rows(m) == int(qwen2_audio_rows(torch.tensor(m))) == int(helper(pieces)[1].sum())
 
 
 def test_long_clip_raises_by_default_everywhere(io, rng) -> None:
@@ -148,35 +113,44 @@ def test_long_clip_raises_by_default_everywhere(io, rng) -> None:
                  lambda: io.encode_batch(torch.zeros(1, 3001, 128), torch.tensor([3001]))):  # fmt: skip
         with pytest.raises(ClipTooLongError, match="long_clip='windows'"):
             call()
+    assert io.find_length(WINDOW_SAMPLES) == 750  # the window itself is fine
 
 
-def test_long_clip_windows_concatenates_consecutive_windows(tiny_qwen2_audio_checkpoint, hf_model, rng) -> None:
-    directory, _ = tiny_qwen2_audio_checkpoint
-    io = ContinuousAudioIO(encoder_hf_model_tag=str(directory), weights="pretrained", dtype="float32",
-                           long_clip="windows")  # fmt: skip
-    mels = [torch.from_numpy(io.preprocess((noise(rng, n, 0.05), 16000))[1][1]) for n in LONG_SAMPLES]
-    batch, lengths = padded_batch([m.numpy() for m in mels], extra=7, fill=3.0)
-    with torch.inference_mode():
-        ours = io.encode_batch(batch, lengths)
-        windows, frames = [], []
-        for mel in mels:
-            pieces = [mel[s : s + WINDOW_FRAMES] for s in range(0, mel.shape[0], WINDOW_FRAMES)]
-            windows += [silence_window(p, expected_silence(mel)) for p in pieces]
-            frames += [len(p) for p in pieces]
-        ref = hf_audio_features(hf_model, windows, frames)
-    expected = [io.find_length(n) for n in LONG_SAMPLES]
-    assert [f.shape[0] for f in ours] == expected == qwen2_audio_rows(lengths).tolist()
-    assert expected == io.find_length(torch.tensor(LONG_SAMPLES)).tolist()
-    assert [io.preprocess((noise(rng, n, 0.05), 16000))[1][0] for n in LONG_SAMPLES] == expected
-    torch.testing.assert_close(torch.cat(ours), ref, atol=ATOL, rtol=0)
+@pytest.mark.parametrize("num_samples", LONG_SAMPLES)
+def test_long_clip_windows_equal_hfs_model_on_each_30s_window(io_windows, hf_model, rng, num_samples: int) -> None:
+    """A clip ending in silence (as speech does) vs HF's extractor padded to whole windows and HF's model."""
+    wav = ends_in_silence(rng, num_samples)
+    rows, ours = encode(io_windows, wav)
+    features, frames = hf_extract(wav, padding="longest", pad_to_multiple_of=WINDOW_SAMPLES, truncation=False)
+    ref = hf_model_rows(hf_model, features, frames)
+    assert io_windows.find_length(num_samples) == rows == ours.shape[0] == ref.shape[0]
+    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
 
 
-EDGE_SAMPLES = [1, 320, 321, 480, 481, 16000, 16001, WINDOW_SAMPLES - 321, WINDOW_SAMPLES - 320, WINDOW_SAMPLES]
+def test_a_clip_cut_off_loud_differs_from_hfs_pipeline_only_through_the_straddling_frames(io, hf_model, rng) -> None:
+    """HF's 30 s pipeline computes the <= 2 frames whose STFT window straddles the clip's end from the clip;
+    ours pads with silence there. The last valid conv row sees them and every row attends to it, so every
+    row moves a little; with those frames set to HF's own padding value, HF gives our rows."""
+    wav = noise(rng, 5 * 16000 + 77)  # loud to its last sample
+    features, frames = hf_extract(wav, padding="max_length")  # Qwen2-Audio's processor: one 30 s window
+    silence = features[0, :, -1:]  # the last frame sees only the zero padding
+    straddling = (features[0, :, frames:] != silence).any(0).nonzero().flatten().tolist()
+    assert straddling == list(range(len(straddling))) and 1 <= len(straddling) <= 2  # right after the clip
+    patched = features.clone()
+    patched[0, :, frames:] = silence
+    rows, ours = encode(io, wav)
+    pipeline = hf_model_rows(hf_model, features, frames)
+    assert ours.shape == pipeline.shape == (rows, io.feature_dim())
+    assert (ours - pipeline).abs().amax(1).min() > ATOL  # every row moves (measured: >= 5e-3)
+    torch.testing.assert_close(ours, hf_model_rows(hf_model, patched, frames), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("num_samples", EDGE_SAMPLES)
-def test_find_length_equals_preprocess_and_encoder_rows(io, rng, num_samples: int) -> None:
-    _, (rows, mel), _ = io.preprocess((noise(rng, num_samples), 16000))
-    with torch.inference_mode():
-        (feats,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
-    assert io.find_length(num_samples) == rows == feats.shape[0] == qwen2_audio_rows(mel_frames(num_samples, HOP))
+def test_loads_a_bare_encoder_export_from_one_file(tmp_path) -> None:
+    """The shared suite loads the sharded full checkpoint; here a ``qwen2_audio_encoder`` export with bare keys."""
+    tower = save_tiny_qwen2_audio(tmp_path, encoder_only=True, max_shard_size="10GB")
+    assert (tmp_path / "model.safetensors").is_file()
+    io = ContinuousAudioIO(encoder_hf_model_tag=str(tmp_path), weights="pretrained", dtype="float32")
+    reference, ours = tower.state_dict(), io.encoder.state_dict()
+    assert io.family.name == "qwen2_audio" and set(ours) == set(reference) - set(io.dropped_weights)
+    for key, tensor in ours.items():
+        assert torch.equal(tensor, reference[key]), key

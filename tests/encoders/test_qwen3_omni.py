@@ -1,45 +1,88 @@
-"""Qwen3-Omni audio tower: length rule, audio-tower-only loading, parity with HF's own forward, features."""
+"""Qwen3-Omni audio tower: its length rule and chunking helpers, and the packed forward against HF's own tower.
+
+The reference is HF's ``get_audio_features`` on each clip ALONE (:meth:`reference_forward` called
+once per clip): HF's batched call leaks conv padding into clips shorter than one chunk, which is
+shown here too. Checked against it: attention-window variants, every kernel, conv slicing,
+bf16/fp16 (and the torch CPU bf16 narrow-conv bug ours works around), gradients; plus the
+chunking check and loading from thinker-only and encoder-only exports. What every family shares
+(loading, oracle, lengths, padded batches, FLOPs vs torch) is in ``test_families.py``.
+"""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from conftest import TINY_QWEN3_OMNI, card_extractor, noise, padded_batch, save_tiny_qwen3_omni
-from transformers import Qwen3OmniMoeForConditionalGeneration
+import torch.nn.functional as F
+from helpers.checkpoints import (
+    TINY_QWEN3_OMNI,
+    card_encoder_config,
+    card_extractor,
+    hf_audio_tower,
+    perturb_,
+    save_tiny_qwen3_omni,
+)
 from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe, processing_qwen3_omni_moe
+from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
+import contaudio.encoders.qwen3_omni as qwen3_omni
 from contaudio import ContinuousAudioIO
-from contaudio.encoders.qwen3_omni import hf_call
-from contaudio.lengths import mel_frames, qwen3_omni_rows
+from contaudio.encoders import get_family
+from contaudio.encoders.packed import chunk_frames_per_clip
+from contaudio.encoders.qwen3_omni import (
+    CHUNK_FRAMES,
+    packed_forward,
+    qwen3_conv_widths,
+    qwen3_omni_rows,
+    qwen3_window_rows,
+)
 
-ATOL = 1e-5  # fp32, same weights, same kernels: only summation order differs
-HOP = 160
 pytestmark = pytest.mark.usefixtures("one_thread")
+FAMILY = get_family("qwen3_omni")
+ATOL = 1e-5  # fp32, same weights, same kernels: only summation order differs
+LOW_PRECISION_FACTOR = 1.1  # packed bf16/fp16 error vs fp32 may be at most 1.1x HF's own
+GRAD_TOLERANCE = 1e-10  # float64 gradients, relative to the largest entry (at least 1); measured 2e-14
+NARROW_CHUNK_FRAMES = 9  # a chunk this wide keeps every conv's input >= 3 frames (9 -> 5 -> 3)
+# < 100 frames (one unpadded chunk alone), chunk edges, and clips across several attention windows
+LENGTHS = [1, 2, 37, 99, 100, 101, 250, 37, 401, 1013]
+WINDOWS = {"2-chunk windows": {"n_window_infer": 200}, "1-chunk windows": {"n_window_infer": 100},
+           "bigger": {"d_model": 64, "encoder_attention_heads": 4, "encoder_ffn_dim": 128, "encoder_layers": 3,
+                      "n_window_infer": 400}}  # fmt: skip
+ATTN = ("sdpa", "eager")
 
 
-def audio_tower(model):
-    """The audio tower inside a full model or a thinker (HF nests it under ``.model``)."""
-    thinker = getattr(model, "thinker", model)
-    return thinker.model.audio_tower
+def build(attn_implementation: str, overrides: dict) -> Qwen3OmniMoeAudioEncoder:
+    """A random Qwen3-Omni tower from the tiny card's config; weights perturbed so biases are non-zero
+    (with zero biases the conv padding leak that decides the one-clip result is invisible)."""
+    config = Qwen3OmniMoeAudioEncoderConfig(**{**card_encoder_config(TINY_QWEN3_OMNI), **overrides})
+    torch.manual_seed(0)
+    encoder = Qwen3OmniMoeAudioEncoder._from_config(config, attn_implementation=attn_implementation)
+    perturb_(encoder, seed=5)
+    return encoder.eval()
 
 
-@pytest.fixture(scope="module")
-def io(tiny_qwen3_omni_checkpoint) -> ContinuousAudioIO:
-    directory, _ = tiny_qwen3_omni_checkpoint
-    return ContinuousAudioIO(encoder_hf_model_tag=str(directory), weights="pretrained", dtype="float32")
+def padded_batch(lengths: list[int], extra: int = 7, n_mels: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random mel ``[B, max + extra, n_mels]`` with loud garbage past every clip's end."""
+    generator = torch.Generator().manual_seed(0)
+    lengths_t = torch.tensor(lengths)
+    mel = torch.randn(len(lengths), max(lengths) + extra, n_mels, generator=generator)
+    past_end = torch.arange(mel.shape[1]) >= lengths_t[:, None]
+    return mel.masked_fill(past_end[:, :, None], 1e3), lengths_t
 
 
-@pytest.fixture(scope="module")
-def hf_model(tiny_qwen3_omni_checkpoint) -> Qwen3OmniMoeForConditionalGeneration:
-    """The whole saved checkpoint loaded back by transformers itself."""
-    directory, _ = tiny_qwen3_omni_checkpoint
-    return Qwen3OmniMoeForConditionalGeneration.from_pretrained(directory, dtype=torch.float32).eval()
+def hf_per_clip(encoder: torch.nn.Module, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """HF's ``get_audio_features`` on each clip alone, one call per clip: ``[sum rows, output_dim]``."""
+    clips = [FAMILY.reference_forward(encoder, mel[i : i + 1, :n], lengths[i : i + 1]) for i, n in
+             enumerate(lengths.tolist())]  # fmt: skip
+    return torch.cat(clips)
 
 
-def hf_audio_features(hf_model, batch: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """HF's ``thinker.get_audio_features`` on a padded batch ``[B, M, n_mels]``: ``[sum rows, output_dim]``."""
-    mask = (torch.arange(batch.shape[1]) < lengths[:, None]).long()
-    return hf_model.thinker.get_audio_features(batch.transpose(1, 2), feature_attention_mask=mask).last_hidden_state
+def errors(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(max abs, rms) error of ``ours`` against the float32 ``ref``."""
+    diff = ours.float() - ref
+    return diff.abs().max().item(), diff.square().mean().sqrt().item()
 
 
 def test_rule_equals_hf_length_helpers() -> None:
@@ -50,121 +93,156 @@ def test_rule_equals_hf_length_helpers() -> None:
         assert qwen3_omni_rows(m) == int(qwen3_omni_rows(torch.tensor(m)))
 
 
-def test_rule_equals_rows_of_the_real_encoder_for_every_m(io) -> None:
-    """Every M in 1..450 (four 100-frame chunk boundaries and the 26-row attention windows)."""
-    ms = torch.arange(1, 451)
+def test_chunking_helpers_match_hf() -> None:
+    """Chunk frames, rows per chunk, the width HF pads each chunk to and the attention windows, for each clip alone."""
+    lengths = torch.tensor(LENGTHS)
+    frames, clip_of_chunk, _ = chunk_frames_per_clip(lengths, CHUNK_FRAMES)
+    _, hf_chunk_lengths = modeling_qwen3_omni_moe.chunk_and_pad_features(
+        torch.zeros(128, int(lengths.sum())), lengths, CHUNK_FRAMES // 2
+    )
+    assert frames.tolist() == hf_chunk_lengths.tolist()
+    assert torch.equal(qwen3_omni_rows(frames), modeling_qwen3_omni_moe._get_feat_extract_output_lengths(frames))
+    widths = qwen3_conv_widths(lengths, clip_of_chunk, CHUNK_FRAMES)
+    for i, length in enumerate(LENGTHS):  # HF's forward on the clip alone
+        one = torch.tensor([length])
+        padded, hf_frames = modeling_qwen3_omni_moe.chunk_and_pad_features(torch.zeros(128, length), one, 50)
+        assert widths[clip_of_chunk == i].tolist() == [padded.shape[2]] * len(hf_frames), length
+        hf_cu = modeling_qwen3_omni_moe.get_audio_cu_seqlens(hf_frames, one, 200, 50)
+        ours = qwen3_window_rows(qwen3_omni_rows(one), 26)  # 13 rows per chunk * 200 / 100
+        assert ours.tolist() == hf_cu.diff().tolist(), length
+
+
+@pytest.mark.parametrize("attn", ATTN)
+@pytest.mark.parametrize("name", WINDOWS)
+def test_packed_matches_hf_one_clip_at_a_time(attn: str, name: str) -> None:
+    encoder = build(attn, WINDOWS[name])
+    mel, lengths = padded_batch(LENGTHS)
     with torch.inference_mode():
-        alone = [hf_call(io.encoder, torch.randn(1, m, 128), torch.tensor([m])).shape[0] for m in ms.tolist()]
-        batched = []
-        for block in ms.split(75):
-            feats = io.encode_batch(torch.randn(len(block), int(block.max()), 128), block)
-            batched += [f.shape[0] for f in feats]
-    expected = qwen3_omni_rows(ms).tolist()
-    assert alone == expected and batched == expected
+        ours = packed_forward(encoder, mel, lengths)
+        ref = hf_per_clip(encoder, mel, lengths)
+    assert ours.shape == ref.shape == (int(qwen3_omni_rows(lengths).sum()), encoder.config.output_dim)
+    assert (ours - ref).abs().max() <= ATOL
 
 
-def test_loads_only_the_audio_tower_from_a_sharded_full_checkpoint(io, tiny_qwen3_omni_checkpoint) -> None:
-    directory, model = tiny_qwen3_omni_checkpoint
-    assert len(list(directory.glob("model-*.safetensors"))) > 1
-    assert io.family.name == "qwen3_omni" and io.feature_dim() == 48
-    reference = audio_tower(model).state_dict()
-    ours = io.encoder.state_dict()
-    assert ours.keys() == reference.keys()
-    for key, tensor in reference.items():
-        assert torch.equal(ours[key], tensor), key
+def test_grid_kernel_makes_one_attention_call_per_layer_and_matches_hf(monkeypatch) -> None:
+    """The CUDA path (forced on CPU): the layers run ONCE over the packed rows of the whole batch."""
+    encoder = build("sdpa", {})
+    monkeypatch.setattr(qwen3_omni, "attention_kernel", lambda *_: "sdpa")
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    mel, lengths = padded_batch(LENGTHS)
+    with torch.inference_mode():
+        ours = packed_forward(encoder, mel, lengths)
+    assert len(calls) == encoder.config.encoder_layers
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    with torch.inference_mode():
+        assert (ours - hf_per_clip(encoder, mel, lengths)).abs().max() <= ATOL
+
+
+def test_conv_stack_in_slices_changes_nothing(monkeypatch) -> None:
+    monkeypatch.setattr(qwen3_omni, "CPU_CONV_CHUNKS", 2)
+    encoder = build("sdpa", {})
+    mel, lengths = padded_batch(LENGTHS)
+    with torch.inference_mode():
+        assert (packed_forward(encoder, mel, lengths) - hf_per_clip(encoder, mel, lengths)).abs().max() <= ATOL
+
+
+def test_hf_batched_call_leaks_padding_into_sub_second_clips_ours_does_not() -> None:
+    """Why the packed forward pads each chunk as for its clip alone: in ONE HF call a < 100-frame clip sees
+    the padding of the longer chunks (gelu(bias) between the convs), so its features depend on the batch.
+    Clips with a full chunk are padded to 100 frames anyway: HF's batched call gives them as alone."""
+    encoder = build("sdpa", {})
+    mel, lengths = padded_batch([37, 250, 101])
+    rows = qwen3_omni_rows(lengths).tolist()
+    with torch.inference_mode():
+        alone = hf_per_clip(encoder, mel, lengths).split(rows)
+        hf_batched = FAMILY.reference_forward(encoder, mel, lengths).split(rows)  # HF's one call
+        ours = packed_forward(encoder, mel, lengths).split(rows)
+    assert (hf_batched[0] - alone[0]).abs().max() > 100 * ATOL
+    for i in (1, 2):
+        torch.testing.assert_close(hf_batched[i], alone[i], atol=ATOL, rtol=0)
+    for ours_clip, alone_clip in zip(ours, alone, strict=True):
+        torch.testing.assert_close(ours_clip, alone_clip, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [({"n_window": 40}, "n_window=40"),
+                                                    ({"n_window_infer": 150}, "n_window_infer=150")])  # fmt: skip
+def test_other_chunking_is_refused(overrides: dict, message: str) -> None:
+    """The length rule assumes 100-frame chunks and windows of whole chunks: anything else raises, not misleads."""
+    encoder = build("sdpa", overrides)
+    mel, lengths = padded_batch([250])
+    for forward in (packed_forward, FAMILY.forward, FAMILY.reference_forward):
+        with pytest.raises(ValueError, match=message):
+            forward(encoder, mel, lengths)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_error_no_worse_than_hf(dtype: torch.dtype) -> None:
+    """Clips of >= 9 frames: below that HF's own bf16 forward can be garbage on CPU (next test)."""
+    encoder = build("sdpa", WINDOWS["bigger"])
+    low = copy.deepcopy(encoder).to(dtype)
+    mel, lengths = padded_batch([n for n in LENGTHS if n >= NARROW_CHUNK_FRAMES])
+    with torch.inference_mode():
+        ref = hf_per_clip(encoder, mel, lengths)
+        ours = errors(packed_forward(low, mel.to(dtype), lengths), ref)
+        theirs = errors(hf_per_clip(low, mel.to(dtype), lengths), ref)
+    assert theirs[0] > 0
+    assert ours[0] <= LOW_PRECISION_FACTOR * theirs[0]
+    assert ours[1] <= LOW_PRECISION_FACTOR * theirs[1]
+
+
+def test_bf16_on_cpu_is_right_for_clips_of_a_few_frames() -> None:
+    """torch's CPU bf16 Conv2d can get inputs < 3 frames wide wrong; HF inherits it for clips of 1..8 frames.
+    Ours runs those convs in float32: every clip stays within bf16 error of the fp32 result."""
+    encoder = build("sdpa", WINDOWS["bigger"])
+    low = copy.deepcopy(encoder).to(torch.bfloat16)
+    tiny = list(range(1, NARROW_CHUNK_FRAMES + 3))
+    mel, lengths = padded_batch(tiny)
+    long_mel, long_lengths = padded_batch([n for n in LENGTHS if n >= NARROW_CHUNK_FRAMES])
+    with torch.inference_mode():
+        ref = hf_per_clip(encoder, mel, lengths)
+        ours = packed_forward(low, mel.bfloat16(), lengths).float()
+        long_error = errors(packed_forward(low, long_mel.bfloat16(), long_lengths),
+                            hf_per_clip(encoder, long_mel, long_lengths))[0]  # fmt: skip
+        hf_low = hf_per_clip(low, mel.bfloat16(), lengths).float()
+    assert torch.isfinite(ours).all()
+    assert (ours - ref).abs().max() <= 2 * long_error  # as close as bf16 gets on ordinary clips
+    hf_wrong = not torch.isfinite(hf_low).all() or (hf_low - ref).abs().max() > 2 * long_error
+    print(f"HF's own bf16 forward on clips of 1..{tiny[-1]} frames: {'wrong' if hf_wrong else 'right'}")
+
+
+def test_gradients_match_hf() -> None:
+    """In float64, where summation order is invisible: a gradient bug shows as O(1), not as rounding."""
+    encoder = build("sdpa", {}).double()
+    mel, lengths = padded_batch(LENGTHS)
+    mel = mel.double()
+    results = []
+    for forward in (packed_forward, hf_per_clip):
+        encoder.zero_grad(set_to_none=True)
+        leaf = mel.clone().requires_grad_(True)
+        out = forward(encoder, leaf, lengths)
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)).sum().backward()
+        results.append(({name: p.grad for name, p in encoder.named_parameters() if p.grad is not None}, leaf.grad))
+    (ours, ours_mel), (theirs, theirs_mel) = results
+    assert set(ours) == set(theirs) == {name for name, _ in encoder.named_parameters()}
+    for name, grad in {**ours, "mel": ours_mel}.items():
+        reference = theirs_mel if name == "mel" else theirs[name]
+        assert (grad - reference).abs().max() <= GRAD_TOLERANCE * max(1.0, reference.abs().max().item()), name
+    assert ours_mel[~(torch.arange(mel.shape[1]) < lengths[:, None])].abs().max() == 0  # padding gets no gradient
 
 
 @pytest.mark.parametrize("export", ["thinker", "audio_encoder"])
-def test_loads_thinker_and_encoder_exports_from_one_file(tmp_path, export: str) -> None:
+def test_loads_thinker_and_encoder_exports_from_one_file(tmp_path, tiny_qwen3_omni_checkpoint, export: str) -> None:
     if export == "thinker":
-        tower = audio_tower(save_tiny_qwen3_omni(tmp_path, thinker_only=True, max_shard_size="10GB"))
+        tower = hf_audio_tower(save_tiny_qwen3_omni(tmp_path, thinker_only=True, max_shard_size="10GB"))
     else:
-        tower = audio_tower(save_tiny_qwen3_omni(tmp_path / "full"))
+        tower = hf_audio_tower(tiny_qwen3_omni_checkpoint[1])
         tower.save_pretrained(tmp_path)
         card_extractor(TINY_QWEN3_OMNI).save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     io = ContinuousAudioIO(encoder_hf_model_tag=str(tmp_path), weights="pretrained", dtype="float32")
-    for key, tensor in tower.state_dict().items():
-        assert torch.equal(io.encoder.state_dict()[key], tensor), key
-
-
-def test_encode_batch_equals_hf_get_audio_features_one_clip_at_a_time(io, hf_model, rng) -> None:
-    """Clips shorter than a chunk, exactly one chunk, and across several attention windows."""
-    sizes = [800, 5 * 16000 + 123, 16000, 15999, 32000, 3 * 16000 + 7, 640]
-    mels = [io.preprocess((noise(rng, n), 16000))[1][1] for n in sizes]
-    batch, lengths = padded_batch(mels, extra=13, fill=5.0)
-    with torch.inference_mode():
-        ours = io.encode_batch(batch, lengths)
-        for feats, mel in zip(ours, mels, strict=True):
-            ref = hf_audio_features(hf_model, torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
-            assert feats.shape == ref.shape == (qwen3_omni_rows(mel.shape[0]), 48)
-            torch.testing.assert_close(feats, ref, atol=ATOL, rtol=0)
-
-
-def test_encode_batch_equals_one_hf_call_when_every_clip_has_a_full_chunk(io, hf_model, rng) -> None:
-    mels = [io.preprocess((noise(rng, n), 16000))[1][1] for n in (16000, 47000, 16001, 90000)]
-    batch, lengths = padded_batch(mels)
-    with torch.inference_mode():
-        ours = torch.cat(io.encode_batch(batch, lengths))
-        ref = hf_audio_features(hf_model, batch, lengths)
-    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
-
-
-def test_hf_batched_call_leaks_padding_into_sub_second_clips(io, hf_model, rng) -> None:
-    """Why the packed forward pads each chunk as for its clip alone: in ONE HF call a < 100-frame clip
-    sees the padding of the longer chunks (gelu(bias) between the convs), so its features depend on the batch."""
-    short, long = (torch.from_numpy(io.preprocess((noise(rng, n), 16000))[1][1]) for n in (37 * HOP, 250 * HOP))
-    batch, lengths = padded_batch([short.numpy(), long.numpy()])
-    rows = qwen3_omni_rows(37)
-    with torch.inference_mode():
-        alone = hf_audio_features(hf_model, short[None], torch.tensor([37]))
-        hf_together = hf_audio_features(hf_model, batch, lengths)[:rows]
-        ours_together = io.encode_batch(batch, lengths)[0]
-    assert (hf_together - alone).abs().max() > 100 * ATOL
-    torch.testing.assert_close(ours_together, alone, atol=ATOL, rtol=0)
-
-
-def test_batched_equals_one_at_a_time(io, rng) -> None:
-    sizes = [320, 480, 1600, 15840, 16000, 16160, 40000, 100000, 7 * 16000]
-    mels = [io.preprocess((noise(rng, n), 16000))[1][1] for n in sizes]
-    batch, lengths = padded_batch(mels, extra=40, fill=-3.0)
-    with torch.inference_mode():
-        batched = io.encode_batch(batch, lengths)
-        for i, mel in enumerate(mels):
-            (alone,) = io.encode_batch(torch.from_numpy(mel)[None], lengths[i : i + 1])
-            assert batched[i].shape == alone.shape == (qwen3_omni_rows(mel.shape[0]), 48)
-            torch.testing.assert_close(batched[i], alone, atol=ATOL, rtol=0)
-
-
-def test_reference_forward_is_the_one_clip_result(io, rng) -> None:
-    mels = [io.preprocess((noise(rng, n), 16000))[1][1] for n in (500, 9000, 30000)]
-    batch, lengths = padded_batch(mels)
-    with torch.inference_mode():
-        fast = io.family.forward(io.encoder, batch, lengths)
-        reference = io.family.reference_forward(io.encoder, batch, lengths)
-    torch.testing.assert_close(fast, reference, atol=ATOL, rtol=0)
-
-
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_attention_windows_hold_for_every_kernel(io, tiny_qwen3_omni_checkpoint, rng, attn: str) -> None:
-    directory, _ = tiny_qwen3_omni_checkpoint
-    other = ContinuousAudioIO(encoder_hf_model_tag=str(directory), weights="pretrained", dtype="float32",
-                              attn_implementation=attn)  # fmt: skip
-    mel = torch.from_numpy(io.preprocess((noise(rng, 7 * 16000), 16000))[1][1])[None]  # 91 rows: 4 windows
-    lengths = torch.tensor([mel.shape[1]])
-    with torch.inference_mode():
-        torch.testing.assert_close(other.encode_batch(mel, lengths)[0], io.encode_batch(mel, lengths)[0],
-                                   atol=ATOL, rtol=0)  # fmt: skip
-
-
-EDGE_SAMPLES = [1, 160, 161, 320, 321, 1440, 1441, 15840, 15999, 16000, 16001, 32000, 32001, 47841, 64160]
-
-
-@pytest.mark.parametrize("num_samples", EDGE_SAMPLES)
-def test_find_length_equals_preprocess_and_encoder_rows(io, rng, num_samples: int) -> None:
-    _, (rows, mel), _ = io.preprocess((noise(rng, num_samples), 16000))
-    assert mel.shape[0] == mel_frames(num_samples, HOP)
-    with torch.inference_mode():
-        (feats,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
-    assert io.find_length(num_samples) == rows == feats.shape[0] == qwen3_omni_rows(mel.shape[0])
-    assert int(io.find_length(torch.tensor([num_samples]))[0]) == rows
+    reference, ours = tower.state_dict(), io.encoder.state_dict()
+    assert io.family.name == "qwen3_omni" and set(ours) == set(reference) - set(io.dropped_weights)
+    for key, tensor in ours.items():
+        assert torch.equal(tensor, reference[key]), key

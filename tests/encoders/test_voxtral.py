@@ -1,20 +1,30 @@
-"""Voxtral audio tower: loading from a whole checkpoint, Voxtral's own processor + tower, windows, lengths."""
+"""Voxtral audio tower: clips longer than 30 s against Voxtral's own processor + model, the long-clip
+policy, and a bare encoder export.
+
+Voxtral's processor pads the audio to a multiple of 30 s and encodes each window on its own, which
+is contaudio's ``long_clip="windows"``: clips of several windows are checked against
+``VoxtralForConditionalGeneration.get_audio_features`` on the processor's windows. The forward is
+Whisper's (its clip-end effect is shown in ``test_whisper.py``); what every family shares
+(loading a whole checkpoint, oracle, lengths, padded batches, FLOPs vs torch) is in
+``test_families.py``.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VOXTRAL, card_extractor, noise, padded_batch
+from helpers.audio import noise
+from helpers.checkpoints import TINY_VOXTRAL, card_extractor, hf_audio_tower
+from helpers.families import voxtral_rows
 
 from contaudio import ContinuousAudioIO
-from contaudio.encoders.windows import ClipTooLongError
-from contaudio.lengths import WINDOW_FRAMES, whisper_rows
+from contaudio.encoders.windows import WINDOW_FRAMES, ClipTooLongError
 
+ATOL = 1e-5  # fp32, same weights; our mel vs the extractor's differ by ~1e-6
 HOP = 160
 WINDOW_SAMPLES = WINDOW_FRAMES * HOP  # 480000 = 30 s: Voxtral's processor pads audio to a multiple of this
-D_MODEL = 32
-TAIL_SILENCE_SAMPLES = 800  # 50 ms
+TAIL_SILENCE_SAMPLES = 800  # 50 ms: the frames straddling the clip's end are then silence in HF's features too
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -25,65 +35,17 @@ def io(tiny_voxtral_checkpoint) -> ContinuousAudioIO:
                              long_clip="windows")  # fmt: skip
 
 
-def voxtral_processor_rows(model, wav: np.ndarray) -> torch.Tensor:
-    """Voxtral's own path: pad the audio to a multiple of 30 s, extract, split into 3000-frame windows,
-    run the tower on every window; then keep each window's valid rows (what ``find_length`` counts)."""
-    extractor = card_extractor(TINY_VOXTRAL)
-    features = extractor(wav, sampling_rate=16000, padding=True, truncation=False, pad_to_multiple_of=WINDOW_SAMPLES,
-                         return_attention_mask=True, return_tensors="pt")  # fmt: skip
-    mel = features["input_features"][0]  # [n_mels, k * 3000]
-    windows = mel.reshape(mel.shape[0], -1, WINDOW_FRAMES).permute(1, 0, 2)  # [k, n_mels, 3000]
-    hidden = model.model.audio_tower(windows).last_hidden_state  # [k, 1500, d]
-    frames = int(features["attention_mask"].sum())
-    valid = [whisper_rows(min(WINDOW_FRAMES, frames - start)) for start in range(0, frames, WINDOW_FRAMES)]
-    return torch.cat([h[:n] for h, n in zip(hidden, valid, strict=True)])
-
-
-def test_loads_only_the_audio_tower_of_a_whole_sharded_checkpoint(io, tiny_voxtral_checkpoint) -> None:
-    directory, model = tiny_voxtral_checkpoint
-    assert len(list(directory.glob("model-*.safetensors"))) > 1
-    reference = model.model.audio_tower.state_dict()
-    assert io.encoder.state_dict().keys() == reference.keys()
-    for key, tensor in reference.items():
-        assert torch.equal(io.encoder.state_dict()[key], tensor), key
-    assert io.family.name == "voxtral" and io.feature_dim() == D_MODEL and io.n_mels == 128
-
-
-def test_equals_voxtral_processor_and_tower_on_speech_and_long_clips(io, tiny_voxtral_checkpoint, speech_clips,
-                                                                     rng) -> None:  # fmt: skip
+@pytest.mark.parametrize("seconds", [45, 61])
+def test_long_clips_equal_voxtrals_processor_and_model(io, tiny_voxtral_checkpoint, rng, seconds: int) -> None:
+    """Clips of two and three windows, ending in silence as speech does (see contaudio.encoders.windows)."""
     _, model = tiny_voxtral_checkpoint
-    # Noise clips end in 50 ms of silence, as speech does: the <= 2 frames whose STFT window straddles a
-    # clip's end are then silence in Voxtral's padded features too (see contaudio.encoders.windows).
-    tail = np.zeros(TAIL_SILENCE_SAMPLES, np.float32)
-    clips = {**speech_clips, **{f"{s} s noise": np.concatenate([noise(rng, s * 16000, 0.05), tail]) for s in (45, 61)}}
-    for name, wav in clips.items():
-        _, (rows, mel), _ = io.preprocess((wav, 16000))
-        with torch.inference_mode():
-            (ours,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
-            ref = voxtral_processor_rows(model, wav)
-        assert ours.shape == ref.shape == (rows, D_MODEL) and rows == io.find_length(len(wav)), name
-        torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0, msg=name)
-
-
-def test_rule_equals_rows_encode_batch_returns(io) -> None:
-    ms = torch.cat([torch.arange(1, 121), torch.tensor([1499, 1500, 2999, 3000, 3001, 3002, 6000, 6001])])
+    wav = np.concatenate([noise(rng, seconds * 16000, 0.05), np.zeros(TAIL_SILENCE_SAMPLES, np.float32)])
+    _, (rows, mel), _ = io.preprocess((wav, 16000))
     with torch.inference_mode():
-        got = []
-        for block in ms.split(64):
-            got += [f.shape[0] for f in io.encode_batch(torch.randn(len(block), int(block.max()), 128), block)]
-    assert got == whisper_rows(ms).tolist()
-
-
-def test_batched_equals_one_at_a_time(io, rng) -> None:
-    sizes = [1, 320, 16000, 100000, WINDOW_SAMPLES, WINDOW_SAMPLES + 161]
-    mels = [io.preprocess((noise(rng, n), 16000))[1][1] for n in sizes]
-    batch, lengths = padded_batch(mels, extra=7, fill=3.0)
-    with torch.inference_mode():
-        batched = io.encode_batch(batch, lengths)
-        for i, mel in enumerate(mels):
-            (alone,) = io.encode_batch(torch.from_numpy(mel)[None], lengths[i : i + 1])
-            assert batched[i].shape == alone.shape == (whisper_rows(mel.shape[0]), D_MODEL)
-            torch.testing.assert_close(batched[i], alone, atol=1e-5, rtol=0)
+        (ours,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
+        ref = voxtral_rows(model, wav)
+    assert ours.shape == ref.shape == (rows, io.feature_dim()) and rows == io.find_length(len(wav))
+    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
 
 
 def test_long_clip_raises_under_the_default_policy() -> None:
@@ -91,3 +53,18 @@ def test_long_clip_raises_under_the_default_policy() -> None:
     assert strict.find_length(WINDOW_SAMPLES) == 1500
     with pytest.raises(ClipTooLongError, match="long_clip='windows'"):
         strict.find_length(WINDOW_SAMPLES + 1)
+    with pytest.raises(ClipTooLongError, match="long_clip='windows'"):
+        strict.encode_batch(torch.zeros(1, WINDOW_FRAMES + 1, 128), torch.tensor([WINDOW_FRAMES + 1]))
+
+
+def test_loads_a_bare_encoder_export_from_one_file(tiny_voxtral_checkpoint, tmp_path) -> None:
+    """The shared suite loads the sharded full checkpoint; here a ``voxtral_encoder`` export with bare keys."""
+    tower = hf_audio_tower(tiny_voxtral_checkpoint[1])
+    tower.save_pretrained(tmp_path)
+    card_extractor(TINY_VOXTRAL).save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    io = ContinuousAudioIO(encoder_hf_model_tag=str(tmp_path), weights="pretrained", dtype="float32")
+    reference, ours = tower.state_dict(), io.encoder.state_dict()
+    assert io.family.name == "voxtral" and set(ours) == set(reference) - set(io.dropped_weights)
+    for key, tensor in ours.items():
+        assert torch.equal(tensor, reference[key]), key

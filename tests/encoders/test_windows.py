@@ -1,15 +1,31 @@
-"""Fixed-window machinery: the silence level the extractor pads with, window splitting, the long-clip policy."""
+"""Fixed-window machinery: the silence level the extractor pads with, window splitting, HF's window layout,
+the window check and the long-clip policy.
+
+The per-family checks (rules, long clips and a clip cut off loud against HF's models) are in
+``test_whisper.py``, ``test_qwen2_audio.py`` and ``test_voxtral.py``.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_QWEN_OMNI, TINY_WHISPER, card_extractor, noise
+from helpers.audio import noise
+from helpers.checkpoints import TINY_QWEN_OMNI, TINY_WHISPER, card_encoder_config, card_extractor
+from transformers import WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from contaudio import ContinuousAudioIO
 from contaudio.encoders import get_family
-from contaudio.encoders.windows import ClipTooLongError, check_clip_frames, silence_level, split_into_windows
+from contaudio.encoders.windows import (
+    ClipTooLongError,
+    check_clip_frames,
+    check_window,
+    hf_windows,
+    silence_level,
+    split_into_windows,
+    window_frame_counts,
+)
 from contaudio.features import FeatureConfig, frames_seen, log_mel
 
 
@@ -62,3 +78,20 @@ def test_unwindowed_family_ignores_the_policy() -> None:
     io = ContinuousAudioIO(encoder_hf_model_tag=TINY_QWEN_OMNI, weights="random", dtype="float32")
     assert io.long_clip == "raise" and io.family.window_frames is None
     assert io.find_length(400 * 16000) == 10000  # a 400 s clip: no window, no error
+
+
+def test_hf_windows_cut_as_voxtrals_processor() -> None:
+    """``[B, n_mels, k * W]`` -> each clip's windows in order, as VoxtralProcessor reshapes one clip's features."""
+    features = torch.arange(2 * 2 * 9, dtype=torch.float32).reshape(2, 2, 9)  # two clips, 2 mels, three 3-frame windows
+    windows, frames = hf_windows(features, torch.tensor([7, 2]), window_frames=3)
+    expected = [f.reshape(2, -1, 3).transpose(0, 1) for f in features]  # the processor's cut of each clip alone
+    torch.testing.assert_close(windows, torch.cat([expected[0], expected[1][:1]]))
+    assert frames.tolist() == [3, 3, 1, 2]  # the second clip's empty windows are dropped
+    assert window_frame_counts(torch.tensor([7, 2]), 3, 3).tolist() == [[3, 3, 1], [2, 0, 0]]
+
+
+def test_window_check_refuses_an_encoder_of_another_window() -> None:
+    config = card_encoder_config(TINY_WHISPER)
+    check_window(WhisperEncoder(WhisperConfig(**config)))
+    with pytest.raises(ValueError, match=r"takes 1000 mel frames \(max_source_positions=500\).*need 3000"):
+        check_window(WhisperEncoder(WhisperConfig(**{**config, "max_source_positions": 500})))

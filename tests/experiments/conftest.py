@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hydra_compose import compose_config
+from helpers.hydra_compose import compose_config
 from omegaconf import DictConfig
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from helpers.hydra_compose import CONF_DIR, compose_config
 from hydra.errors import ConfigCompositionException
-from hydra_compose import CONF_DIR, compose_config
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 GROUPS = ("encoder", "dtype", "device", "attn", "tracker", "experiment")
@@ -17,14 +17,14 @@ def options(group: str) -> list[str]:
 @pytest.mark.parametrize(("group", "name"), [(g, n) for g in GROUPS for n in options(g)])
 def test_every_config_composes(group: str, name: str) -> None:
     cfg = compose_config([f"{group}={name}"])
-    assert cfg.encoder.tag and cfg.dtype.name in ("bfloat16", "float16", "float32")
+    assert cfg.encoder.tag and cfg.dtype.name in ("auto", "bfloat16", "float16", "float32")
     assert cfg.tracker.kind in ("wandb", "none")
 
 
 def test_defaults_are_the_readme_ones() -> None:
     cfg = compose_config([])
     assert cfg.encoder.tag == "Qwen/Qwen2.5-Omni-7B" and cfg.encoder.weights == "random"
-    assert cfg.dtype.name == "bfloat16" and cfg.device.name == "cpu"
+    assert cfg.dtype.name == "auto" and cfg.device.name == "cpu" and cfg.mutation is None
     assert cfg.tracker.kind == "wandb" and cfg.tracker.mode == "offline"
 
 
@@ -42,6 +42,7 @@ def test_slurm_launcher_composes() -> None:
         ("bench.repeats=three", "repeats"),
         ("seed=1.5", "seed"),
         ("dtype=fp8", "fp8"),
+        ("length_check.edge_hops=[a]", "edge_hops"),
     ],
 )
 def test_typos_and_wrong_types_fail_naming_the_key(override: str, fragment: str) -> None:

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 import experiments.config  # noqa: F401  (registers the schema)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

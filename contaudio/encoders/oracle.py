@@ -1,0 +1,85 @@
+"""The HF oracle's generic parts: what HF answered for a clip, and running HF's methods on our tower.
+
+Each family's oracle runs HF transformers' own public path (its feature extractor, its model's
+``get_audio_features`` or forward, its length helper) on the *same weights* contaudio loaded, so
+contaudio is judged against HF's code, never against its own rule or forward. HF may also fail
+(e.g. Qwen2.5-Omni's tower raises on clips of <= 2 mel frames): that is recorded, not hidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import BatchFeature, WhisperFeatureExtractor
+
+
+@dataclass(frozen=True)
+class OracleRows:
+    """HF's answer for one clip: its rows ``[T, D]``, or the error HF raised instead."""
+
+    rows: torch.Tensor | None
+    error: str | None = None
+
+    @property
+    def count(self) -> int | None:
+        """Rows HF returned (None when HF raised)."""
+        return None if self.rows is None else int(self.rows.shape[0])
+
+    def describe(self) -> str:
+        return f"HF raised {self.error}" if self.error else f"HF gave {self.count} rows"
+
+
+def ask_hf(compute: Callable[[], torch.Tensor]) -> OracleRows:
+    """Run ``compute`` (an HF code path) and keep its rows, or the exception HF raised.
+
+    >>> ask_hf(lambda: torch.zeros(2, 3)).count, ask_hf(lambda: torch.zeros(0)[1]).error.split(":")[0]
+    (2, 'IndexError')
+    """
+    try:
+        return OracleRows(compute().detach())
+    except Exception as err:  # HF's own failure is a finding, recorded per clip
+        return OracleRows(None, f"{type(err).__name__}: {err}")
+
+
+class AudioTowerHost(nn.Module):
+    """Stands in for an HF multimodal model where an HF method only reads ``self.audio_tower``.
+
+    ``Qwen2_5OmniThinkerModel.get_audio_features(AudioTowerHost(tower), ...)`` runs HF's own
+    method on our tower's weights without building the 7B thinker around it.
+    """
+
+    def __init__(self, audio_tower: nn.Module) -> None:
+        super().__init__()
+        self.audio_tower = audio_tower
+
+
+def extract(extractor: WhisperFeatureExtractor, wav: np.ndarray, **kwargs: object) -> tuple[torch.Tensor, int]:
+    """HF's extractor on one clip with the processor's ``kwargs``: ``(input_features [1, n_mels, F], frames)``."""
+    out: BatchFeature = extractor(
+        wav, sampling_rate=extractor.sampling_rate, return_attention_mask=True, return_tensors="pt", **kwargs
+    )
+    return out["input_features"], int(out["attention_mask"].sum())
+
+
+def padding_past_the_end(num_samples: int, n_fft: int, hop_length: int) -> int:
+    """Samples to zero-pad a clip to (a whole number of hops) so that every frame whose window overlaps it
+    sees zeros past its end: the extractor's ``max_length`` for a clip longer than its ``n_samples``.
+
+    >>> padding_past_the_end(16000, 400, 160)
+    16320
+    """
+    return -(-(num_samples + n_fft // 2 + 1) // hop_length) * hop_length
+
+
+def select_rows(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The first ``rows[i]`` rows of each ``hidden[i]``: ``[K, L, D]``, ``[K]`` -> ``[sum rows, D]``.
+
+    >>> select_rows(torch.arange(6.0).reshape(2, 3, 1), torch.tensor([1, 2])).flatten().tolist()
+    [0.0, 3.0, 4.0]
+    """
+    keep = torch.arange(hidden.shape[1], device=hidden.device) < rows.to(hidden.device)[:, None]
+    return hidden[keep]

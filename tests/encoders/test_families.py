@@ -1,0 +1,129 @@
+"""The conformance suite: every check, for every family of the table in ``tests/helpers/families.py``.
+
+For each family's tiny card: its oracle IS HF's real full-model path (on a checkpoint transformers
+saved itself); every mel length agrees with HF (length_check); padded batches equal each clip alone
+and HF (mask_check); each injected bug (experiments/mutations.py) makes those checks fail with a
+message naming the clip; only the audio tower is read from a whole sharded checkpoint; dummy_forward
+is the raw output wired to every weight; the FLOP rule equals torch's counter on HF's forward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers.audio import noise
+from helpers.hydra_compose import compose_config
+from torch.utils.flop_counter import FlopCounterMode
+
+from contaudio import ContinuousAudioIO
+from contaudio.encoders import get_family
+from experiments import length_check, mask_check
+from experiments.mutations import MUTATIONS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ORACLE_ATOL = 1e-5  # float32: the oracle harness runs HF's own code on the same weights as HF's full model
+SMALL_RUN = ["length_check.m_max=40", "length_check.random_n=2", "length_check.edge_hops=[1,2,3]",
+             "mask_check.num_batches=1", "mask_check.batch_size=3", "mask_check.long_clip_s=0"]  # fmt: skip
+# which experiment must catch each mutation (length_check cannot see values)
+CAUGHT_BY = {"rows_off_by_one": ("length_check", "mask_check"), "padding_leak": ("mask_check",),
+             "log_mel_clamp": ("mask_check",)}  # fmt: skip
+EXPERIMENTS = {"length_check": length_check, "mask_check": mask_check}
+
+
+def loaded(case, family_checkpoints) -> tuple[ContinuousAudioIO, torch.nn.Module]:
+    directory, model = family_checkpoints[case.family]
+    io = ContinuousAudioIO(encoder_hf_model_tag=str(directory), weights="pretrained", dtype="float32",
+                           long_clip="windows")  # fmt: skip
+    return io, model
+
+
+def compose(case, tmp_path, *overrides: str):
+    return compose_config(["experiment=ci_smoke", f"encoder={case.encoder_config}", "tracker=none",
+                           f"output_dir={tmp_path}", *overrides])  # fmt: skip
+
+
+def test_loads_only_the_audio_tower_of_a_whole_sharded_checkpoint(case, family_checkpoints) -> None:
+    io, model = loaded(case, family_checkpoints)
+    assert io.family.name == case.family
+    reference = model.get_submodule(case.tower).state_dict()
+    ours = io.encoder.state_dict()
+    assert set(ours) == set(reference) - set(io.dropped_weights)
+    for key, tensor in ours.items():
+        assert torch.equal(tensor, reference[key]), key
+
+
+def test_oracle_is_hfs_own_full_model_path(case, family_checkpoints, speech_clips, rng) -> None:
+    """The family's oracle (HF's methods on our loaded tower) equals HF's real full model on the same clips."""
+    io, model = loaded(case, family_checkpoints)
+    clips = {**speech_clips, "noise 2.5 s": noise(rng, 40000), "noise 0.1 s": noise(rng, 1601)}
+    extractor = io.features.hf_extractor()
+    with torch.inference_mode():
+        for name, wav in clips.items():
+            oracle = io.family.oracle(io.encoder, extractor, wav)
+            reference = case.hf_rows(model, wav)
+            assert oracle.error is None, (name, oracle.error)
+            assert oracle.rows.shape == reference.shape, name
+            torch.testing.assert_close(oracle.rows, reference, atol=ORACLE_ATOL, rtol=0, msg=name)
+
+
+def test_every_length_agrees_with_hf(case, tmp_path) -> None:
+    """length_check on the tiny card: every M in 1..210 (past the 100- and 200-frame chunk edges) and
+    edge/random N, against HF's own rows."""
+    cfg = compose(case, tmp_path, "length_check.m_max=210", "length_check.random_n=3",
+                  "length_check.edge_hops=[1,2,3,100,200]")  # fmt: skip
+    record = length_check.run(cfg)
+    metrics = record["metrics"]
+    assert record["status"] == "ok", metrics["first_failures"]
+    assert metrics["m_checked"] == 210 and metrics["judged_by_oracle"] == metrics["m_checked"] + metrics["n_checked"]
+    assert metrics["oracle"] == get_family(case.family).oracle_path
+
+
+def test_padded_batches_equal_each_clip_alone_and_hf(case, tmp_path) -> None:
+    cfg = compose(case, tmp_path, "mask_check.num_batches=2", "mask_check.batch_size=4", "mask_check.long_clip_s=35")
+    record = mask_check.run(cfg)
+    metrics = record["metrics"]
+    assert record["status"] == "ok", metrics["first_failures"]
+    assert metrics["judged_by_oracle"] == metrics["clips"] == 9
+    assert metrics["max_abs_vs_oracle"] <= 1e-4
+    rows = record["tables"]["clips"]
+    assert any(r["frames"] <= 3 for r in rows) and any(r["num_samples"] > 30 * 16000 for r in rows)
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS)
+def test_each_injected_bug_is_caught_and_named(case, tmp_path, mutation: str) -> None:
+    for name, experiment in EXPERIMENTS.items():
+        record = experiment.run(compose(case, tmp_path / name, *SMALL_RUN, f"mutation={mutation}", "strict=false"))
+        failures = record["metrics"]["first_failures"]
+        if name in CAUGHT_BY[mutation]:
+            assert record["status"] == "failed" and failures, (name, record["error"])
+            assert failures[0].startswith(("M=", "N=", "batch ")), failures[0]  # names the clip
+        else:
+            assert record["status"] == "ok", failures
+
+
+def test_dummy_forward_is_the_raw_output_wired_to_every_weight(case) -> None:
+    io = ContinuousAudioIO(encoder_hf_model_tag=case.card, weights="random", dtype="float32")
+    io.encoder.requires_grad_(True)  # as fine-tuning code does
+    ref = torch.zeros(2, 3, 5, dtype=torch.float64)
+    out = io.dummy_forward(ref)
+    assert out.ndim == 2 and out.shape[0] >= 1 and out.shape[1] == io.feature_dim()
+    assert out.dtype == ref.dtype and bool(torch.isfinite(out).all())
+    adaptor = torch.nn.Linear(io.feature_dim(), 5, dtype=torch.float64)
+    (0.0 * adaptor(out).sum()).backward()
+    missing = [name for name, p in io.encoder.named_parameters() if p.grad is None]
+    assert not missing
+
+
+def test_flop_rule_equals_torchs_counter_on_hfs_forward(case) -> None:
+    io = ContinuousAudioIO(
+        encoder_hf_model_tag=case.card,
+        weights="random",
+        dtype="float32",
+        attn_implementation="eager",
+        long_clip="windows",
+    )  # fmt: skip (eager: countable matmuls)
+    lengths = torch.tensor(case.flop_lengths)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        for m in case.flop_lengths:  # one clip per call: HF pads a batch's chunks to its longest
+            io.family.reference_forward(io.encoder, torch.zeros(1, m, io.n_mels), torch.tensor([m]))
+    assert io.family.flops(io.encoder.config, lengths) == counter.get_total_flops()

@@ -1,0 +1,1 @@
+"""Builders and small utilities the tests share (fixtures live in ``tests/conftest.py``)."""

@@ -1,0 +1,29 @@
+"""Padded batches and the silence a 30 s extractor pads with."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from contaudio.encoders.windows import WINDOW_FRAMES
+
+
+def padded_batch(mels: list[np.ndarray], extra: int = 0, fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[M_i, n_mels]`` clips -> ``[B, max M_i + extra, n_mels]`` filled with ``fill`` past each clip, and ``[B]``."""
+    lengths = torch.tensor([m.shape[0] for m in mels])
+    batch = torch.full((len(mels), int(lengths.max()) + extra, mels[0].shape[1]), fill)
+    for i, m in enumerate(mels):
+        batch[i, : m.shape[0]] = torch.as_tensor(m)
+    return batch, lengths
+
+
+def silence_window(mel: torch.Tensor, level: float) -> torch.Tensor:
+    """``mel`` followed by ``level`` up to 3000 frames (the extractor's silence after the clip)."""
+    window = torch.full((WINDOW_FRAMES, mel.shape[1]), level)
+    window[: mel.shape[0]] = mel
+    return window
+
+
+def expected_silence(mel: torch.Tensor) -> float:
+    """The extractor floor, log10 max - 8 clamped at log10(1e-10), in its (x + 4) / 4 units."""
+    return max(float(mel.max()) - 2.0, -1.5)

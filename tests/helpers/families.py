@@ -1,0 +1,105 @@
+"""The conformance table: every registered family with its tiny card, a full checkpoint saved by
+transformers itself, and HF's real full-model path for a clip (to prove the family's oracle harness).
+
+Adding a family = one module in ``contaudio/encoders/`` + its cards + one ``FamilyCase`` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from helpers import checkpoints as ck
+
+
+@dataclass(frozen=True)
+class FamilyCase:
+    """One family in the conformance table.
+
+    family: registry name; card: its tiny test card; encoder_config: its Hydra ``conf/encoder/`` name;
+    save: writes a full tiny checkpoint (sharded, by transformers) into a directory and returns the
+    model; tower: where that model keeps the audio tower; hf_rows: HF's real full model on one 16 kHz
+    clip -> the rows contaudio returns; flop_lengths: clip lengths (mel frames) whose FLOPs HF's
+    forward spends exactly as the family's FLOP rule counts them (whole chunks or windows).
+    """
+
+    family: str
+    card: str
+    encoder_config: str
+    save: Callable[[Path], nn.Module]
+    tower: str
+    hf_rows: Callable[[nn.Module, np.ndarray], torch.Tensor]
+    flop_lengths: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return self.family
+
+
+def extractor_output(card: str, wav: np.ndarray, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+    out = ck.card_extractor(card)(wav, sampling_rate=16000, return_attention_mask=True, return_tensors="pt", **kwargs)
+    return out["input_features"], out["attention_mask"]
+
+
+def thinker_rows(card: str) -> Callable[[nn.Module, np.ndarray], torch.Tensor]:
+    """``thinker.get_audio_features`` of a whole Qwen-Omni model on the processor's max_length features."""
+
+    def rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
+        features, mask = extractor_output(card, wav, padding="max_length")
+        return model.thinker.get_audio_features(features, feature_attention_mask=mask).last_hidden_state
+
+    return rows
+
+
+def whisper_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
+    """WhisperModel's encoder on the processor's 30 s features, cut to HF's valid length."""
+    features, mask = extractor_output(ck.TINY_WHISPER, wav, padding="max_length")
+    encoder = model.get_encoder()
+    rows = int(encoder._get_feat_extract_output_lengths(mask.sum(-1)))
+    return encoder(features).last_hidden_state[0, :rows]
+
+
+def qwen2_audio_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
+    """Qwen2AudioForConditionalGeneration.forward with as many audio tokens as its processor counts: the
+    tower output the model scatters into the LM, read at the projector's input."""
+    features, mask = extractor_output(ck.TINY_QWEN2_AUDIO, wav, padding="max_length")
+    frames = int(mask.sum())
+    tokens = (((frames - 1) // 2 + 1) - 2) // 2 + 1  # Qwen2AudioProcessor's count
+    captured = {}
+    hook = model.model.multi_modal_projector.register_forward_hook(lambda m, args, out: captured.update(x=args[0]))
+    try:
+        model(
+            input_ids=torch.full((1, tokens), ck.TINY_AUDIO_TOKEN), input_features=features, feature_attention_mask=mask
+        )  # fmt: skip  (HF raises if tokens and features disagree)
+    finally:
+        hook.remove()
+    return captured["x"][0, :tokens]
+
+
+def voxtral_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
+    """VoxtralForConditionalGeneration.get_audio_features on its processor's windows, each cut to its valid rows."""
+    features, mask = extractor_output(ck.TINY_VOXTRAL, wav, padding=True, truncation=False, pad_to_multiple_of=480000)
+    windows = features.reshape(features.shape[1], -1, 3000).transpose(0, 1)  # as VoxtralProcessor cuts them
+    hidden = model.get_audio_features(windows).last_hidden_state  # [K, 1500, d]
+    frames = int(mask.sum())
+    valid = [min(3000, frames - start) for start in range(0, frames, 3000)]
+    return torch.cat([h[: (n - 1) // 2 + 1] for h, n in zip(hidden, valid, strict=True)])
+
+
+WINDOW_LENGTHS = (3000, 100, 3500)  # a full window, a short clip (one window), a 35 s clip (two)
+FAMILY_CASES = (
+    FamilyCase("qwen2_5_omni", ck.TINY_QWEN_OMNI, "tiny_qwen_omni", ck.save_tiny_qwen2_5_omni,
+               "thinker.model.audio_tower", thinker_rows(ck.TINY_QWEN_OMNI), (200, 400, 1000)),
+    FamilyCase("qwen3_omni", ck.TINY_QWEN3_OMNI, "tiny_qwen3_omni", ck.save_tiny_qwen3_omni,
+               "thinker.model.audio_tower", thinker_rows(ck.TINY_QWEN3_OMNI), (37, 200, 250, 1013)),
+    FamilyCase("qwen2_audio", ck.TINY_QWEN2_AUDIO, "tiny_qwen2_audio", ck.save_tiny_qwen2_audio, "model.audio_tower",
+               qwen2_audio_rows, WINDOW_LENGTHS),
+    FamilyCase("whisper", ck.TINY_WHISPER, "tiny_whisper", ck.save_tiny_whisper, "model.encoder", whisper_rows,
+               WINDOW_LENGTHS),
+    FamilyCase("voxtral", ck.TINY_VOXTRAL, "tiny_voxtral", ck.save_tiny_voxtral, "model.audio_tower", voxtral_rows,
+               WINDOW_LENGTHS),
+)  # fmt: skip
