@@ -14,6 +14,7 @@ import copy
 
 import pytest
 import torch
+from helpers.batches import random_padded_batch
 from helpers.checkpoints import perturb_, tiny_audio_config
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
@@ -28,7 +29,6 @@ FAMILY = get_family("qwen2_5_omni")
 FP32_TOLERANCE = 1e-4  # max abs, packed vs HF, float32
 LOW_PRECISION_FACTOR = 1.1  # packed bf16/fp16 error vs fp32 may be at most 1.1x HF's own (measured: 1.00)
 GRAD_TOLERANCE = 1e-7  # float64 gradients, relative to the largest entry (>= 1); eager's fp32 softmax: 1e-9
-PADDING_GARBAGE = 1e3  # value written past each clip's end in the padded batch
 # 1..2 frames give no row; 3 the first; 199/200/201 and 399/400/401 straddle the 200-frame chunk edge
 LENGTHS = [3, 1, 2, 5, 199, 200, 201, 399, 400, 401, 450, 601]
 BIGGER = {"d_model": 64, "encoder_attention_heads": 4, "encoder_ffn_dim": 128, "encoder_layers": 3, "output_dim": 40}
@@ -48,15 +48,6 @@ def build(attn_implementation: str, overrides: dict, dtype: torch.dtype = torch.
     return encoder.eval()
 
 
-def padded_batch(lengths: list[int], extra: int = 7, n_mels: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random mel ``[B, max + extra, n_mels]`` with loud garbage past every clip's end."""
-    generator = torch.Generator().manual_seed(0)
-    lengths_t = torch.tensor(lengths)
-    mel = torch.randn(len(lengths), max(lengths) + extra, n_mels, generator=generator)
-    past_end = torch.arange(mel.shape[1]) >= lengths_t[:, None]
-    return mel.masked_fill(past_end[:, :, None], PADDING_GARBAGE), lengths_t
-
-
 def hf(encoder: torch.nn.Module, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """HF's own batched path: ``Qwen2_5OmniThinkerModel.get_audio_features`` on the padded batch."""
     return FAMILY.reference_forward(encoder, mel, lengths)
@@ -70,7 +61,7 @@ def errors(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    return padded_batch(LENGTHS)
+    return random_padded_batch(LENGTHS)
 
 
 def test_rule_equals_hf_output_lengths() -> None:
@@ -102,7 +93,7 @@ def test_fp32_matches_hf(batch, attn: str, name: str) -> None:
 def test_single_clips_and_all_full_chunks_match_hf(lengths: list[int]) -> None:
     """No key mask at all when every chunk is full (lengths multiple of 200), and single clips."""
     encoder = build("sdpa", {})
-    mel, lengths_t = padded_batch(lengths, extra=0)
+    mel, lengths_t = random_padded_batch(lengths, extra=0)
     with torch.inference_mode():
         diff = packed_forward(encoder, mel, lengths_t) - hf(encoder, mel, lengths_t)
     assert diff.abs().max() <= FP32_TOLERANCE
@@ -188,7 +179,7 @@ def test_flops_grow_with_a_tail_chunk_and_add_over_clips() -> None:
 def test_cuda_bf16_no_worse_than_hf(attn: str) -> None:
     if attn == "flash_attention_2" and not flash_attn_available():
         pytest.skip("flash-attn is not installed")
-    mel, lengths = padded_batch(LENGTHS)
+    mel, lengths = random_padded_batch(LENGTHS)
     reference = build("sdpa", BIGGER).cuda()
     encoder = build(attn, BIGGER, dtype=torch.bfloat16).cuda()
     encoder.load_state_dict(reference.state_dict())

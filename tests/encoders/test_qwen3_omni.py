@@ -15,6 +15,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.batches import random_padded_batch
 from helpers.checkpoints import (
     TINY_QWEN3_OMNI,
     card_encoder_config,
@@ -63,15 +64,6 @@ def build(attn_implementation: str, overrides: dict) -> Qwen3OmniMoeAudioEncoder
     return encoder.eval()
 
 
-def padded_batch(lengths: list[int], extra: int = 7, n_mels: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random mel ``[B, max + extra, n_mels]`` with loud garbage past every clip's end."""
-    generator = torch.Generator().manual_seed(0)
-    lengths_t = torch.tensor(lengths)
-    mel = torch.randn(len(lengths), max(lengths) + extra, n_mels, generator=generator)
-    past_end = torch.arange(mel.shape[1]) >= lengths_t[:, None]
-    return mel.masked_fill(past_end[:, :, None], 1e3), lengths_t
-
-
 def hf_per_clip(encoder: torch.nn.Module, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """HF's ``get_audio_features`` on each clip alone, one call per clip: ``[sum rows, output_dim]``."""
     clips = [FAMILY.reference_forward(encoder, mel[i : i + 1, :n], lengths[i : i + 1]) for i, n in
@@ -116,7 +108,7 @@ def test_chunking_helpers_match_hf() -> None:
 @pytest.mark.parametrize("name", WINDOWS)
 def test_packed_matches_hf_one_clip_at_a_time(attn: str, name: str) -> None:
     encoder = build(attn, WINDOWS[name])
-    mel, lengths = padded_batch(LENGTHS)
+    mel, lengths = random_padded_batch(LENGTHS)
     with torch.inference_mode():
         ours = packed_forward(encoder, mel, lengths)
         ref = hf_per_clip(encoder, mel, lengths)
@@ -131,7 +123,7 @@ def test_grid_kernel_makes_one_attention_call_per_layer_and_matches_hf(monkeypat
     calls = []
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
-    mel, lengths = padded_batch(LENGTHS)
+    mel, lengths = random_padded_batch(LENGTHS)
     with torch.inference_mode():
         ours = packed_forward(encoder, mel, lengths)
     assert len(calls) == encoder.config.encoder_layers
@@ -143,7 +135,7 @@ def test_grid_kernel_makes_one_attention_call_per_layer_and_matches_hf(monkeypat
 def test_conv_stack_in_slices_changes_nothing(monkeypatch) -> None:
     monkeypatch.setattr(qwen3_omni, "CPU_CONV_CHUNKS", 2)
     encoder = build("sdpa", {})
-    mel, lengths = padded_batch(LENGTHS)
+    mel, lengths = random_padded_batch(LENGTHS)
     with torch.inference_mode():
         assert (packed_forward(encoder, mel, lengths) - hf_per_clip(encoder, mel, lengths)).abs().max() <= ATOL
 
@@ -153,7 +145,7 @@ def test_hf_batched_call_leaks_padding_into_sub_second_clips_ours_does_not() -> 
     the padding of the longer chunks (gelu(bias) between the convs), so its features depend on the batch.
     Clips with a full chunk are padded to 100 frames anyway: HF's batched call gives them as alone."""
     encoder = build("sdpa", {})
-    mel, lengths = padded_batch([37, 250, 101])
+    mel, lengths = random_padded_batch([37, 250, 101])
     rows = qwen3_omni_rows(lengths).tolist()
     with torch.inference_mode():
         alone = hf_per_clip(encoder, mel, lengths).split(rows)
@@ -171,7 +163,7 @@ def test_hf_batched_call_leaks_padding_into_sub_second_clips_ours_does_not() -> 
 def test_other_chunking_is_refused(overrides: dict, message: str) -> None:
     """The length rule assumes 100-frame chunks and windows of whole chunks: anything else raises, not misleads."""
     encoder = build("sdpa", overrides)
-    mel, lengths = padded_batch([250])
+    mel, lengths = random_padded_batch([250])
     for forward in (packed_forward, FAMILY.forward, FAMILY.reference_forward):
         with pytest.raises(ValueError, match=message):
             forward(encoder, mel, lengths)
@@ -182,7 +174,7 @@ def test_low_precision_error_no_worse_than_hf(dtype: torch.dtype) -> None:
     """Clips of >= 9 frames: below that HF's own bf16 forward can be garbage on CPU (next test)."""
     encoder = build("sdpa", WINDOWS["bigger"])
     low = copy.deepcopy(encoder).to(dtype)
-    mel, lengths = padded_batch([n for n in LENGTHS if n >= NARROW_CHUNK_FRAMES])
+    mel, lengths = random_padded_batch([n for n in LENGTHS if n >= NARROW_CHUNK_FRAMES])
     with torch.inference_mode():
         ref = hf_per_clip(encoder, mel, lengths)
         ours = errors(packed_forward(low, mel.to(dtype), lengths), ref)
@@ -198,8 +190,8 @@ def test_bf16_on_cpu_is_right_for_clips_of_a_few_frames() -> None:
     encoder = build("sdpa", WINDOWS["bigger"])
     low = copy.deepcopy(encoder).to(torch.bfloat16)
     tiny = list(range(1, NARROW_CHUNK_FRAMES + 3))
-    mel, lengths = padded_batch(tiny)
-    long_mel, long_lengths = padded_batch([n for n in LENGTHS if n >= NARROW_CHUNK_FRAMES])
+    mel, lengths = random_padded_batch(tiny)
+    long_mel, long_lengths = random_padded_batch([n for n in LENGTHS if n >= NARROW_CHUNK_FRAMES])
     with torch.inference_mode():
         ref = hf_per_clip(encoder, mel, lengths)
         ours = packed_forward(low, mel.bfloat16(), lengths).float()
@@ -215,7 +207,7 @@ def test_bf16_on_cpu_is_right_for_clips_of_a_few_frames() -> None:
 def test_gradients_match_hf() -> None:
     """In float64, where summation order is invisible: a gradient bug shows as O(1), not as rounding."""
     encoder = build("sdpa", {}).double()
-    mel, lengths = padded_batch(LENGTHS)
+    mel, lengths = random_padded_batch(LENGTHS)
     mel = mel.double()
     results = []
     for forward in (packed_forward, hf_per_clip):

@@ -27,3 +27,15 @@ def silence_window(mel: torch.Tensor, level: float) -> torch.Tensor:
 def expected_silence(mel: torch.Tensor) -> float:
     """The extractor floor, log10 max - 8 clamped at log10(1e-10), in its (x + 4) / 4 units."""
     return max(float(mel.max()) - 2.0, -1.5)
+
+
+PADDING_GARBAGE = 1e3  # written past each clip's end by random_padded_batch: a leak of it shows at once
+
+
+def random_padded_batch(lengths: list[int], extra: int = 7, n_mels: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random mel ``[B, max + extra, n_mels]`` (seeded) with loud garbage past every clip's end, and ``[B]``."""
+    generator = torch.Generator().manual_seed(0)
+    lengths_t = torch.tensor(lengths)
+    mel = torch.randn(len(lengths), max(lengths) + extra, n_mels, generator=generator)
+    past_end = torch.arange(mel.shape[1]) >= lengths_t[:, None]
+    return mel.masked_fill(past_end[:, :, None], PADDING_GARBAGE), lengths_t
