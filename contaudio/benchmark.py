@@ -25,6 +25,8 @@ QKV_OUT_PROJECTIONS = 4  # q, k, v and out projections, each d x d
 MLP_MATMULS = 2  # fc1 (d -> ffn) and fc2 (ffn -> d)
 ATTENTION_MATMULS = 2  # q @ k^T and weights @ v
 DEFAULT_GEMM_SIZE = 4096
+CUDA_GEMM_SIZE = 8192  # smaller GEMMs read well below a datacenter GPU's peak
+CUDA_GEMM_CALLS = 10  # GEMMs between two syncs on CUDA, so launch and sync gaps do not count
 TERA = 1e12
 # Nominal dense (no sparsity) tensor-core peaks, FLOP/s, by GPU name fragment and dtype (vendor data sheets).
 NOMINAL_PEAK_FLOPS: dict[str, dict[torch.dtype, float]] = {
@@ -96,11 +98,33 @@ def matmul_peak_flops(
     """Measured dense GEMM throughput (FLOP/s): ``[size, size] @ [size, size]`` in ``dtype`` on ``device``.
 
     The denominator of ``util_vs_gemm``: what this machine reaches on a plain GEMM in the encoder's dtype.
+    On CUDA the GEMM is at least ``CUDA_GEMM_SIZE`` square and ``CUDA_GEMM_CALLS`` of them run between
+    two syncs, so the probe reads the device's real ceiling, not its launch latency.
     """
+    calls = 1
+    if torch.device(device).type == "cuda":
+        size, calls = max(size, CUDA_GEMM_SIZE), CUDA_GEMM_CALLS
     generator = torch.Generator(device="cpu").manual_seed(0)
     a, b = (torch.randn(size, size, generator=generator).to(device=device, dtype=dtype) for _ in range(2))
-    seconds = time_fn(lambda: torch.matmul(a, b), warmup=warmup, repeats=repeats, sync_device=device)
-    return FLOPS_PER_MAC * size**3 / seconds
+
+    def gemms() -> None:
+        for _ in range(calls):
+            torch.matmul(a, b)
+
+    seconds = time_fn(gemms, warmup=warmup, repeats=repeats, sync_device=device)
+    return FLOPS_PER_MAC * size**3 * calls / seconds
+
+
+def peak_memory_of(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Peak CUDA memory (MiB) allocated while ``fn()`` runs once, on top of what was allocated before; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
 def nominal_peak_flops(device_name: str, dtype: torch.dtype) -> float | None:

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto (default): bf16 on CUDA and on CPUs with native bf16 GEMMs (AVX512-BF16/AMX), "
                           "float32 elsewhere (bf16/fp16 are ~150x slower on CPUs that emulate them)")  # fmt: skip
     enc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    enc.add_argument("--attn", choices=["sdpa", "eager", "flash_attention_2"], default=None)
+    enc.add_argument("--attn", choices=["sdpa", "eager", "flash_attention_2", "varlen"], default=None)
     enc.add_argument(
         "--long-clip",
         choices=list(LONG_CLIP_POLICIES),

@@ -24,13 +24,21 @@ from contaudio.audio import (
 from contaudio.dtypes import DtypeChoice, emulation_warning, resolve_dtype
 from contaudio.encoders import EncoderSource, build_encoder, resolve
 from contaudio.encoders.loading import WeightsMode
+from contaudio.encoders.packed import (
+    FLASH_IMPLEMENTATION,
+    HALF_DTYPES,
+    KERNEL_ATTRIBUTE,
+    VARLEN_IMPLEMENTATION,
+    flash_attn_error,
+    varlen_attn_available,
+)
 from contaudio.encoders.windows import LongClipPolicy, check_clip_frames, check_long_clip_policy
 from contaudio.features import log_mel, log_mel_batch
 from contaudio.lengths import mel_frames, resampled_length
 
 log = logging.getLogger(__name__)
 
-ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager", "flash_attention_2")
+ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager", "flash_attention_2", "varlen")
 ENCODER_CHOICES = ("huggingface",)
 MODALITY = "audio"  # ESPnet's SpeechLM writes <|audio|> before the clip's positions
 DUMMY_FRAMES = 4  # mel frames for dummy_forward: the fewest that give every family >= 1 row
@@ -53,18 +61,37 @@ def parse_device(device: str | torch.device) -> torch.device:
     return parsed
 
 
-def check_attn_implementation(attn_implementation: str | None, device: torch.device) -> str | None:
-    """Validate the attention kernel name and that it can run on ``device``."""
+def check_attn_implementation(
+    attn_implementation: str | None, device: torch.device, dtype: torch.dtype = torch.float32
+) -> str | None:
+    """Validate the attention kernel name, and that it can run on ``device`` in ``dtype``, once, up front.
+
+    ``"flash_attention_2"`` (flash-attn's varlen kernel) and ``"varlen"`` (torch's own,
+    ``torch.nn.attention.varlen``) need CUDA and float16/bfloat16; flash-attn must import (an
+    installed but broken build is refused here, not in layer 0).
+    """
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
-    if attn_implementation == "flash_attention_2":
-        from transformers.utils import is_flash_attn_2_available
-
-        if device.type != "cuda" or not is_flash_attn_2_available():
-            raise ValueError(
-                "attn_implementation='flash_attention_2' needs a CUDA device and the flash-attn package "
-                "(pip install flash-attn); use 'sdpa' instead"
-            )
+    if attn_implementation not in (FLASH_IMPLEMENTATION, VARLEN_IMPLEMENTATION):
+        return attn_implementation
+    name = repr(attn_implementation)
+    if device.type != "cuda":
+        raise ValueError(f"attn_implementation={name} needs a CUDA device; use 'sdpa' on {device.type}")
+    if dtype not in HALF_DTYPES:
+        raise ValueError(
+            f"attn_implementation={name} runs in float16/bfloat16 only, got {dtype}: "
+            "pass dtype='bf16' (or 'fp16'), or attn_implementation='sdpa'"
+        )
+    if attn_implementation == FLASH_IMPLEMENTATION and (error := flash_attn_error()) is not None:
+        raise ValueError(
+            f"attn_implementation={name} needs a working flash-attn (pip install flash-attn), "
+            f"but importing it failed ({error}); use 'varlen' or 'sdpa' instead"
+        )
+    if attn_implementation == VARLEN_IMPLEMENTATION and not varlen_attn_available():
+        raise ValueError(
+            f"attn_implementation={name} needs torch.nn.attention.varlen (torch {torch.__version__} has none "
+            "usable here); use 'sdpa' or a newer torch"
+        )
     return attn_implementation
 
 
@@ -105,7 +132,10 @@ class ContinuousAudioIO(AbsIO):
         encoder_choice: only ``"huggingface"`` (transformers modules).
         encoder_hf_model_tag: hub id, local checkpoint directory, or shipped card name
             (e.g. ``"contaudio/tiny-qwen2.5-omni"``).
-        attn_implementation: None (transformers' default), "sdpa", "eager" or "flash_attention_2".
+        attn_implementation: None (transformers' default), "sdpa", "eager", "flash_attention_2" (the
+            flash-attn package) or "varlen" (torch's own varlen flash kernel); the last two need CUDA
+            and fp16/bf16, checked at construction. None on CUDA in fp16/bf16 picks "varlen" where
+            torch has it (measured faster), the padded SDPA grid otherwise.
         dtype: "bfloat16"/"bf16", "float16"/"fp16", "float32"/"fp32", or "auto" (bf16 where the
             device runs it natively, float32 otherwise). On a CPU without native bf16/fp16 GEMMs
             the low-precision dtypes are ~150x slower than float32 (a warning says so).
@@ -148,7 +178,7 @@ class ContinuousAudioIO(AbsIO):
         target = parse_device(device)
         self.dtype_choice: DtypeChoice = resolve_dtype(dtype, target)
         self.torch_dtype = self.dtype_choice.dtype
-        self.attn_implementation = check_attn_implementation(attn_implementation, target)
+        self.attn_implementation = check_attn_implementation(attn_implementation, target, self.torch_dtype)
         self.policy = AudioPolicy(resample, multichannel, max_duration_s, normalize)
         self.long_clip = check_long_clip_policy(long_clip)
         # the length-stats step needs no weights: a shipped card gives family and features without any download
@@ -165,7 +195,10 @@ class ContinuousAudioIO(AbsIO):
             log.warning(warning)
         log.info("compute dtype %s (%s)", self.dtype_choice.name, self.dtype_choice.reason)
         start = time.perf_counter()
-        self.encoder = build_encoder(self.source, weights, self.torch_dtype, self.attn_implementation, seed).to(target)
+        hf_attention = "sdpa" if self.attn_implementation == VARLEN_IMPLEMENTATION else self.attn_implementation
+        self.encoder = build_encoder(self.source, weights, self.torch_dtype, hf_attention, seed).to(target)
+        if self.attn_implementation in (VARLEN_IMPLEMENTATION, "sdpa"):  # asked for by name: the packed forward
+            setattr(self.encoder.config, KERNEL_ATTRIBUTE, self.attn_implementation)  # uses exactly that kernel
         log.info(
             "built %s encoder (%s weights, %.0f M params, %s, %s) from %s in %.1f s",
             self.family.name,
@@ -293,7 +326,9 @@ class ContinuousAudioIO(AbsIO):
         if len(keep) == 0:
             return outputs
         kept_lengths = lengths[keep]
-        batch = mel[keep, : int(kept_lengths.max())].to(device=device, dtype=self.torch_dtype, non_blocking=True)
+        width = int(kept_lengths.max())
+        kept = mel[:, :width] if len(keep) == len(lengths) else mel[:, :width].index_select(0, keep.to(mel.device))
+        batch = kept.to(device=device, dtype=self.torch_dtype, non_blocking=True)
         flat = self.family.forward(encoder, batch, kept_lengths)
         kept_rows = rows[keep].tolist()
         if flat.shape[0] != sum(kept_rows):

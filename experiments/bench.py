@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -19,7 +20,8 @@ from tqdm import tqdm
 from transformers import WhisperFeatureExtractor
 
 from contaudio import ContinuousAudioIO
-from contaudio.benchmark import matmul_peak_flops, nominal_peak_flops, time_fn
+from contaudio.benchmark import matmul_peak_flops, nominal_peak_flops, peak_memory_of, time_fn
+from contaudio.encoders.packed import compiled_layers
 from experiments import config as _config  # noqa: F401  (registers the schema)
 from experiments.common import pad_mels, random_clip, run_experiment
 
@@ -77,7 +79,9 @@ def bench_encode(
     The HF column is the family's ``reference_forward``: HF's model as a user runs a batch
     (Qwen2.5/Qwen3-Omni: one ``get_audio_features`` call; the 30 s families: HF's encoder on every
     30 s window). ``util_vs_gemm`` divides the family's matmul FLOP/s by a GEMM measured here in
-    the same dtype; ``mfu`` by the device's nominal dense peak (known GPUs only).
+    the same dtype; ``mfu`` by the device's nominal dense peak (known GPUs only). On CUDA each cell
+    also reports the peak memory one call of ours and of HF's allocates (``*_peak_mib``), and with
+    ``bench.compile=<backend>`` our layer stack runs through ``torch.compile(dynamic=True)``.
     """
     b, sr, device = cfg.bench, io.sample_rate, io.device
     nominal = nominal_peak_flops(torch.cuda.get_device_name(device), io.torch_dtype) if device.type == "cuda" else None
@@ -91,17 +95,24 @@ def bench_encode(
         audio_s = duration * batch_size
         flops = io.family.flops(io.encoder.config, lengths)
         with torch.inference_mode():
-            ours = time_fn(partial(io.encode_batch, batch, lengths), b.warmup, b.repeats, device)
+            encode = partial(io.encode_batch, batch, lengths)
+            with compiled_layers(b.compile) if b.compile else nullcontext():
+                ours = time_fn(encode, b.warmup, b.repeats, device)
+                ours_peak = peak_memory_of(encode, device)
             row = {
                 "duration_s": duration, "batch_size": batch_size, "ours_s": ours,
                 "ours_audio_s_per_s": audio_s / ours, "ours_rows_per_s": out_rows / ours, "ours_rtf": ours / audio_s,
                 "ours_tflops": flops / ours / 1e12,
             }  # fmt: skip
+            if ours_peak is not None:
+                row["ours_peak_mib"] = ours_peak
             if b.reference:
                 typed = batch.to(io.torch_dtype)
                 reference = partial(io.family.reference_forward, io.encoder, typed, lengths)
                 ref = time_fn(reference, b.warmup, b.repeats, device)
                 row.update(hf_s=ref, hf_audio_s_per_s=audio_s / ref, speedup_vs_hf=ref / ours)
+                if (hf_peak := peak_memory_of(reference, device)) is not None:
+                    row["hf_peak_mib"] = hf_peak
         for name, peak in (("util_vs_gemm", gemm_flops), ("mfu", nominal)):
             if peak:
                 row[f"ours_{name}"] = flops / ours / peak

@@ -58,6 +58,7 @@ class BenchConf:
     repeats: int = MISSING
     reference: bool = MISSING
     gemm_size: int = MISSING
+    compile: str | None = None
 
 
 @dataclass

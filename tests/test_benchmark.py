@@ -24,6 +24,7 @@ from contaudio.benchmark import (
     config_value,
     matmul_peak_flops,
     nominal_peak_flops,
+    peak_memory_of,
     sync,
     time_fn,
 )
@@ -87,3 +88,7 @@ def test_block_and_attention_macs_equal_torchs_counter_on_one_hf_block(rows: int
         layer(hidden, cu_seqlens=torch.tensor([0, rows], dtype=torch.int32))
     expected = block_macs(rows, config.d_model, config.encoder_ffn_dim) + attention_macs(rows, config.d_model)
     assert FLOPS_PER_MAC * expected == counter.get_total_flops()
+
+
+def test_peak_memory_is_only_measured_on_cuda() -> None:
+    assert peak_memory_of(lambda: None, torch.device("cpu")) is None

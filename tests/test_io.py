@@ -11,7 +11,9 @@ from helpers.audio import load_speech, noise
 from helpers.checkpoints import TINY_QWEN_OMNI
 
 from contaudio import AbsIO, ContinuousAudioIO
+from contaudio import io as io_module
 from contaudio.encoders.qwen2_5_omni import qwen2_5_omni_rows
+from contaudio.io import check_attn_implementation
 from contaudio.lengths import mel_frames
 
 HOP = 160
@@ -243,3 +245,25 @@ def test_attn_implementations_agree(rng, attn: str) -> None:
     with torch.inference_mode():
         torch.testing.assert_close(io.encode_batch(mel, lengths)[0], ref.encode_batch(mel, lengths)[0],
                                    atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("attn", "device", "dtype", "message"),
+    [
+        ("flash_attention_2", "cpu", torch.bfloat16, "needs a CUDA device"),
+        ("varlen", "cpu", torch.bfloat16, "needs a CUDA device"),
+        ("flash_attention_2", "cuda", torch.float32, "float16/bfloat16 only"),
+        ("varlen", "cuda", torch.float32, "float16/bfloat16 only"),
+        ("flaash", "cpu", torch.float32, "must be one of"),
+    ],
+)
+def test_attention_kernels_are_checked_up_front(attn: str, device: str, dtype: torch.dtype, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_attn_implementation(attn, torch.device(device), dtype)
+
+
+def test_a_broken_flash_attn_is_refused_at_construction(monkeypatch) -> None:
+    monkeypatch.setattr(io_module, "flash_attn_error", lambda: "OSError: undefined symbol: _ZN3c10")
+    with pytest.raises(ValueError, match=r"importing it failed \(OSError: undefined symbol"):
+        check_attn_implementation("flash_attention_2", torch.device("cuda"), torch.bfloat16)
+    assert check_attn_implementation("sdpa", torch.device("cpu"), torch.float32) == "sdpa"

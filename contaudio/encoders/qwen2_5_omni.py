@@ -35,6 +35,7 @@ from contaudio.encoders.packed import (
     mel_chunks,
     pool_group_starts,
     run_windowed_stack,
+    to_device,
 )
 from contaudio.encoders.registry import EncoderFamily, IntOrTensor, register
 from contaudio.features import FeatureConfig
@@ -75,14 +76,16 @@ def packed_forward(encoder: torch.nn.Module, mel: torch.Tensor, lengths: torch.T
     chunk_frames = CONV_STRIDE * encoder.n_window
     chunks, chunk_lengths = mel_chunks(mel.to(encoder.conv1.weight.dtype), lengths, chunk_frames)
     frame_mask = torch.arange(chunks.shape[2]) < chunk_lengths[:, None]  # [num_chunks, W]
-    embed = F.gelu(encoder.conv1(chunks)) * frame_mask.to(chunks.device)[:, None, :]
+    embed = F.gelu(encoder.conv1(chunks)) * to_device(frame_mask, chunks.device)[:, None, :]
     embed = F.gelu(encoder.conv2(embed)).transpose(1, 2)  # [num_chunks, L, d]
     positions = encoder.positional_embedding.positional_embedding[: embed.shape[1]]
     embed = embed + positions.unsqueeze(0).to(embed.dtype)
     window_rows = conv_out(chunk_lengths, CONV_STRIDE)  # one attention window per chunk
-    hidden = WindowLayout.from_window_rows(window_rows, embed.device).to_rows(embed)  # [N, d]
-    hidden = run_windowed_stack(encoder.layers, hidden, window_rows, attention_kernel(encoder.config, hidden.device))
-    starts = pool_group_starts(conv_out(lengths, CONV_STRIDE), POOL_STRIDE).to(hidden.device)
+    layout = WindowLayout.from_window_rows(window_rows, embed.device)  # built once per batch
+    hidden = layout.to_rows(embed)  # [N, d]
+    kernel = attention_kernel(encoder.config, hidden.device, hidden.dtype)
+    hidden = run_windowed_stack(encoder.layers, hidden, window_rows, kernel, layout)
+    starts = to_device(pool_group_starts(conv_out(lengths, CONV_STRIDE), POOL_STRIDE), hidden.device)
     hidden = (hidden[starts] + hidden[starts + 1]) / POOL_STRIDE
     return encoder.proj(encoder.ln_post(hidden))
 

@@ -45,6 +45,7 @@ from contaudio.encoders.packed import (
     chunk_frames_per_clip,
     conv2d_bf16_safe,
     run_windowed_stack,
+    to_device,
 )
 from contaudio.encoders.registry import EncoderFamily, IntOrTensor, register
 from contaudio.features import FeatureConfig
@@ -174,17 +175,19 @@ def packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor)
         frame_index = (starts[:, None] + grid).clamp(max=mel.shape[1] - 1)  # [n, W]
         valid = grid < frames[members][:, None]  # [n, W]
         clips = clip_of_chunk[members]
-        chunks = mel[clips.to(mel.device)[:, None], frame_index.to(mel.device)]  # [n, W, n_mels]
-        chunks = torch.where(valid.to(mel.device)[:, :, None], chunks, 0.0).transpose(1, 2)
+        chunks = mel[to_device(clips, mel.device)[:, None], to_device(frame_index, mel.device)]  # [n, W, n_mels]
+        chunks = torch.where(to_device(valid, mel.device)[:, :, None], chunks, 0.0).transpose(1, 2)
         embed = qwen3_conv_stack(encoder, chunks)  # [n, t, d]
-        keep = torch.arange(embed.shape[1]) < chunk_rows[members][:, None]  # [n, t]
-        pieces.append(embed[keep.to(embed.device)])
-        destinations.append((row_offsets[members][:, None] + torch.arange(embed.shape[1]))[keep])
+        keep = (torch.arange(embed.shape[1]) < chunk_rows[members][:, None]).flatten()  # [n * t], on CPU
+        pieces.append(embed.flatten(0, 1).index_select(0, to_device(keep.nonzero().flatten(), embed.device)))
+        destinations.append((row_offsets[members][:, None] + torch.arange(embed.shape[1])).flatten()[keep])
     order = torch.cat(destinations).argsort()  # group order -> packed (clip, chunk, row) order
-    hidden = torch.cat(pieces)[order.to(mel.device)]  # [N, d]
+    hidden = torch.cat(pieces).index_select(0, to_device(order, mel.device))  # [N, d]
     window = qwen3_omni_rows(chunk_frames) * (encoder.n_window_infer // chunk_frames)
     window_rows = qwen3_window_rows(qwen3_omni_rows(lengths), window)
-    hidden = run_windowed_stack(encoder.layers, hidden, window_rows, attention_kernel(encoder.config, hidden.device))
+    hidden = run_windowed_stack(
+        encoder.layers, hidden, window_rows, attention_kernel(encoder.config, hidden.device, hidden.dtype)
+    )
     return encoder.proj2(encoder.act(encoder.proj1(encoder.ln_post(hidden))))
 
 

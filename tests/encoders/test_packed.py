@@ -23,10 +23,12 @@ from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe as qwen3_
 
 from contaudio.encoders import packed
 from contaudio.encoders.packed import (
+    KERNEL_ATTRIBUTE,
     WindowLayout,
     attention_kernel,
     check_lengths,
     chunk_frames_per_clip,
+    compiled_layers,
     conv2d_bf16_safe,
     mel_chunks,
     pool_group_starts,
@@ -147,18 +149,43 @@ def test_cpu_kernel_makes_one_unmasked_call_per_window_length(monkeypatch) -> No
 
 
 def test_kernel_choice(monkeypatch) -> None:
-    def config(implementation: str | None) -> SimpleNamespace:
-        return SimpleNamespace(_attn_implementation=implementation)
+    def config(implementation: str | None, chosen: str | None = None) -> SimpleNamespace:
+        return SimpleNamespace(_attn_implementation=implementation, **({KERNEL_ATTRIBUTE: chosen} if chosen else {}))
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no CUDA
-    assert attention_kernel(config("eager"), cpu) == attention_kernel(config("eager"), cuda) == "eager"
-    assert attention_kernel(config("sdpa"), cpu) == attention_kernel(config(None), cpu) == "sdpa_buckets"
-    assert attention_kernel(config("sdpa"), cuda) == "sdpa"
+    cpu, cuda, bf16, fp32 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16, torch.float32
+    assert attention_kernel(config("eager"), cpu) == attention_kernel(config("eager"), cuda, bf16) == "eager"
+    for implementation in (None, "sdpa", "flash_attention_2"):  # CPU: one unmasked call per window length
+        assert attention_kernel(config(implementation, "varlen"), cpu, bf16) == "sdpa_buckets"
+    monkeypatch.setattr(packed, "varlen_attn_available", lambda: True)
     monkeypatch.setattr(packed, "flash_attn_available", lambda: True)
-    assert attention_kernel(config("flash_attention_2"), cuda) == "flash"
-    assert attention_kernel(config("flash_attention_2"), cpu) == "sdpa_buckets"
+    assert attention_kernel(config("sdpa"), cuda, bf16) == "varlen"  # the CUDA default in half precision
+    assert attention_kernel(config("sdpa"), cuda, fp32) == attention_kernel(config("sdpa"), cuda) == "sdpa"
+    assert attention_kernel(config("sdpa", "sdpa"), cuda, bf16) == "sdpa"  # asked for by name
+    assert attention_kernel(config("sdpa", "varlen"), cuda, fp32) == "varlen"
+    assert attention_kernel(config("flash_attention_2"), cuda, bf16) == "flash"
     monkeypatch.setattr(packed, "flash_attn_available", lambda: False)
-    assert attention_kernel(config("flash_attention_2"), cuda) == "sdpa"
+    monkeypatch.setattr(packed, "varlen_attn_available", lambda: False)
+    assert attention_kernel(config("flash_attention_2"), cuda, bf16) == attention_kernel(config(None), cuda, bf16)
+    assert attention_kernel(config(None), cuda, bf16) == "sdpa"
+
+
+def test_one_qkv_grid_equals_three_grids() -> None:
+    layout = WindowLayout.from_window_rows(torch.tensor(MIXED_WINDOWS), "cpu")
+    q, k, v = (torch.randn(sum(MIXED_WINDOWS), 2, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    for fused, single in zip(layout.qkv_grid(q, k, v), (q, k, v), strict=True):
+        assert torch.equal(fused, layout.to_grid(single).transpose(1, 2))
+    assert layout.num_rows == sum(MIXED_WINDOWS)
+
+
+def test_compiled_layers_trace_and_give_the_same_rows() -> None:
+    """``bench.compile``: the layer runs through torch.compile(dynamic=True); the eager backend only traces."""
+    stack = layers("sdpa")
+    with torch.inference_mode():
+        plain = run_windowed_stack(stack, rows_for(MIXED_WINDOWS), torch.tensor(MIXED_WINDOWS), "sdpa")
+        with compiled_layers(backend="eager"):
+            traced = run_windowed_stack(stack, rows_for(MIXED_WINDOWS), torch.tensor(MIXED_WINDOWS), "sdpa")
+    torch.testing.assert_close(traced, plain, atol=FP32_TOLERANCE, rtol=0)
+    assert packed._compiled_layer_forward is None  # restored after the block
 
 
 def test_sorted_windows_round_trip() -> None:

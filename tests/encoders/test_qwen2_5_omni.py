@@ -21,7 +21,6 @@ from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAu
 
 import contaudio.encoders.qwen2_5_omni as qwen2_5_omni
 from contaudio.encoders import get_family, packed
-from contaudio.encoders.packed import attention_kernel, flash_attn_available
 from contaudio.encoders.qwen2_5_omni import packed_forward, qwen2_5_omni_flops, qwen2_5_omni_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -171,23 +170,3 @@ def test_flops_grow_with_a_tail_chunk_and_add_over_clips() -> None:
         config, [450]
     )  # HF config objects and tensors work too
     assert FAMILY.flops(config, [450, 7]) == qwen2_5_omni_flops(config, [450, 7])
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("attn", ["sdpa", "eager", "flash_attention_2"])
-def test_cuda_bf16_no_worse_than_hf(attn: str) -> None:
-    if attn == "flash_attention_2" and not flash_attn_available():
-        pytest.skip("flash-attn is not installed")
-    mel, lengths = random_padded_batch(LENGTHS)
-    reference = build("sdpa", BIGGER).cuda()
-    encoder = build(attn, BIGGER, dtype=torch.bfloat16).cuda()
-    encoder.load_state_dict(reference.state_dict())
-    assert attention_kernel(encoder.config, torch.device("cuda")) == {"flash_attention_2": "flash"}.get(attn, attn)
-    mel = mel.cuda()
-    with torch.inference_mode():
-        ref = hf(reference, mel, lengths)
-        ours = errors(packed_forward(encoder, mel.bfloat16(), lengths), ref)
-        theirs = errors(hf(encoder, mel.bfloat16(), lengths), ref)
-    assert ours[0] <= LOW_PRECISION_FACTOR * theirs[0]
-    assert ours[1] <= LOW_PRECISION_FACTOR * theirs[1]

@@ -35,6 +35,15 @@ def test_bench_reports_ours_and_reference(smoke_cfg, tmp_path) -> None:
     assert record["dtype"] == {"requested": "float32", "resolved": "float32", "reason": "requested"}
 
 
+def test_bench_can_compile_the_layer_stack(tmp_path) -> None:
+    """bench.compile=<backend> runs our layers through torch.compile (eager backend: tracing only, fast)."""
+    overrides = ["bench.compile=eager", "bench.durations_s=[1]", "bench.batch_sizes=[2]", "bench.reference=false",
+                 "bench.preprocess_durations_s=[1]", "bench.repeats=1"]  # fmt: skip
+    record = bench.run(compose_config(["experiment=ci_smoke", f"output_dir={tmp_path}", *overrides]))
+    assert record["status"] == "ok", record["error"]
+    assert record["metrics"]["encode"]["1s_x2"]["ours_audio_s_per_s"] > 0
+
+
 def test_mask_check_passes_with_tiny_and_long_clips(smoke_cfg) -> None:
     record = mask_check.run(smoke_cfg)
     metrics = record["metrics"]
