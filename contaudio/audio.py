@@ -14,6 +14,8 @@ import numpy as np
 import soxr
 import torch
 
+from contaudio.dtypes import dtype_name
+
 log = logging.getLogger(__name__)
 
 # Full-scale values used to map integer PCM to [-1, 1].
@@ -103,7 +105,7 @@ def waveform_shape(wav: Any) -> tuple[int, int]:
     """
     if isinstance(wav, torch.Tensor):
         if wav.dtype not in SUPPORTED_TORCH_DTYPES:
-            names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_TORCH_DTYPES)
+            names = ", ".join(dtype_name(d) for d in SUPPORTED_TORCH_DTYPES)
             kind = "complex " if wav.is_complex() else ""
             raise TypeError(f"wav {kind}tensor dtype {wav.dtype} is not supported; use one of: {names}")
         if wav.is_meta:

@@ -11,14 +11,11 @@ The decision is a pure function of the CPU's feature flags and oneDNN's ISA cap
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-log = logging.getLogger(__name__)
 
 AUTO = "auto"
 DTYPES: dict[str, torch.dtype] = {
@@ -67,7 +64,16 @@ class DtypeChoice:
 
     @property
     def name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        return dtype_name(self.dtype)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``.
+
+    >>> dtype_name(torch.float16)
+    'float16'
+    """
+    return str(dtype).removeprefix("torch.")
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -144,7 +150,7 @@ def emulation_warning(dtype: torch.dtype, device: torch.device) -> str | None:
     """The warning to give when ``dtype`` would be emulated on this CPU; None when it is fine."""
     if device.type != "cpu" or native_on_this_cpu(dtype):
         return None
-    name = str(dtype).removeprefix("torch.")
+    name = dtype_name(dtype)
     return (
         f"dtype={name} on a CPU without native {name} GEMMs: torch emulates them, {EMULATED_SLOWDOWN}. "
         f"Pass dtype='float32' (or dtype='auto', which picks it here) unless you need {name} numerics"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +64,25 @@ def extract(extractor: WhisperFeatureExtractor, wav: np.ndarray, **kwargs: objec
         wav, sampling_rate=extractor.sampling_rate, return_attention_mask=True, return_tensors="pt", **kwargs
     )
     return out["input_features"], int(out["attention_mask"].sum())
+
+
+def extract_max_length(extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
+    """HF's extractor with ``padding="max_length"``, as the Qwen-Omni processors call it: the clip zero-padded
+    to ``n_samples`` (300 s); a longer clip is padded just past its end instead of truncated at 300 s."""
+    max_length = max(extractor.n_samples, padding_past_the_end(len(wav), extractor.n_fft, extractor.hop_length))
+    return extract(extractor, wav, padding="max_length", max_length=max_length, truncation=False)
+
+
+def thinker_audio_rows(
+    get_audio_features: Callable[..., Any], encoder: nn.Module, input_features: torch.Tensor, frames: torch.Tensor
+) -> torch.Tensor:
+    """A thinker's own ``get_audio_features`` on our tower: ``[B, n_mels, F]``, valid frames ``[B]`` -> ``[rows, D]``.
+
+    ``get_audio_features`` is the HF method (e.g. ``Qwen2_5OmniThinkerModel.get_audio_features``), given the
+    feature attention mask the processor would give and run on :class:`AudioTowerHost`.
+    """
+    mask = (torch.arange(input_features.shape[2]) < frames[:, None]).long().to(input_features.device)
+    return get_audio_features(AudioTowerHost(encoder), input_features, mask).last_hidden_state
 
 
 def padding_past_the_end(num_samples: int, n_fft: int, hop_length: int) -> int:

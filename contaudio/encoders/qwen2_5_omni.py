@@ -27,7 +27,7 @@ from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5O
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder, Qwen2_5OmniThinkerModel
 
 from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, block_macs, config_value
-from contaudio.encoders.oracle import AudioTowerHost, extract, padding_past_the_end
+from contaudio.encoders.oracle import extract_max_length, thinker_audio_rows
 from contaudio.encoders.packed import (
     WindowLayout,
     attention_kernel,
@@ -141,10 +141,8 @@ class Qwen2_5Omni(EncoderFamily):
         return qwen2_5_omni_flops(config, lengths)
 
     def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
-        max_length = max(extractor.n_samples, padding_past_the_end(len(wav), extractor.n_fft, extractor.hop_length))
-        return extract(extractor, wav, padding="max_length", max_length=max_length, truncation=False)
+        return extract_max_length(extractor, wav)
 
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        mask = (torch.arange(input_features.shape[2]) < frames[:, None]).long().to(input_features.device)
-        out = Qwen2_5OmniThinkerModel.get_audio_features(AudioTowerHost(encoder), input_features, mask)
-        return out.last_hidden_state  # HF checks it against its own _get_feat_extract_output_lengths
+        # HF checks the rows against its own _get_feat_extract_output_lengths
+        return thinker_audio_rows(Qwen2_5OmniThinkerModel.get_audio_features, encoder, input_features, frames)

@@ -38,7 +38,7 @@ from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
 )
 
 from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, block_macs, config_value
-from contaudio.encoders.oracle import AudioTowerHost, extract, padding_past_the_end
+from contaudio.encoders.oracle import extract_max_length, thinker_audio_rows
 from contaudio.encoders.packed import (
     attention_kernel,
     check_lengths,
@@ -252,12 +252,9 @@ class Qwen3Omni(EncoderFamily):
         return qwen3_omni_flops(config, lengths)
 
     def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
-        max_length = max(extractor.n_samples, padding_past_the_end(len(wav), extractor.n_fft, extractor.hop_length))
-        return extract(extractor, wav, padding="max_length", max_length=max_length, truncation=False)
+        return extract_max_length(extractor, wav)
 
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """One ``get_audio_features`` call for the whole batch, as HF runs a batch (bench's HF column)."""
         check_chunking(encoder)
-        mask = (torch.arange(input_features.shape[2]) < frames[:, None]).long().to(input_features.device)
-        out = Qwen3OmniMoeThinkerModel.get_audio_features(AudioTowerHost(encoder), input_features, mask)
-        return out.last_hidden_state
+        return thinker_audio_rows(Qwen3OmniMoeThinkerModel.get_audio_features, encoder, input_features, frames)

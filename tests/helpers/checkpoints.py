@@ -173,3 +173,12 @@ def hf_audio_tower(model: torch.nn.Module) -> torch.nn.Module:
         except AttributeError:
             continue
     raise AttributeError(f"{type(model).__name__} has no audio tower")
+
+
+def assert_holds_tower(io, reference: dict[str, torch.Tensor], what: str = "") -> None:
+    """``io``'s encoder holds exactly the tower weights ``reference`` (a state dict), less the ones it dropped
+    because its forward never reads them."""
+    ours = io.encoder.state_dict()
+    assert set(ours) == set(reference) - set(io.dropped_weights), what
+    for key, tensor in ours.items():
+        assert torch.equal(tensor, reference[key]), (what, key)
