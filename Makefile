@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test test-avx2 lint smoke bench sweep demo
+.PHONY: setup test test-avx2 lint smoke bench sweep demo extract-bench
 
 setup:
 	$(if $(TORCH),$(PYTHON) -m pip install $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)",) "$(TORCH)",)
@@ -34,6 +34,11 @@ demo:
 bench:
 	$(PYTHON) -m experiments.bench experiment=readme_bench
 
+# contaudio.extract at corpus scale: lengths mode on 10,000 files (headers vs decoding), then features mode on the
+# full-size 7B tower end to end vs encode_batch alone on the same batches (a few minutes on 2 cores).
+extract-bench:
+	$(PYTHON) -m experiments.extract_bench
+
 # dtype sweep (one job and one wandb run per dtype), then a markdown table + PNG plot.
 SWEEP_DIR ?= multirun/dtype_sweep
 sweep:
@@ -41,8 +46,8 @@ sweep:
 	$(PYTHON) -m experiments.report $(SWEEP_DIR)
 
 # All three experiments on every family's tiny card, tracker off, failures fatal (CI runs this).
-# `make smoke MUTATION=padding_leak` (or rows_off_by_one, log_mel_clamp) injects a known bug: it must fail.
-SMOKE_ENCODERS ?= tiny_qwen_omni,tiny_qwen3_omni,tiny_qwen2_audio,tiny_whisper,tiny_voxtral
+# `make smoke MUTATION=padding_leak` (or rows_off_by_one, feature_bug) injects a known bug: it must fail.
+SMOKE_ENCODERS ?= tiny_qwen_omni,tiny_qwen3_omni,tiny_qwen2_audio,tiny_whisper,tiny_voxtral,tiny_qwen3_asr,tiny_audioflamingo3,tiny_glmasr,tiny_granite_speech,tiny_gemma3n,tiny_phi4_multimodal
 MUTATION ?=
 smoke:
 	$(PYTHON) -m experiments.suite -m experiment=ci_smoke encoder=$(SMOKE_ENCODERS) hydra.sweep.dir=multirun/ci_smoke \

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -41,6 +42,20 @@ def sync(device: torch.device | str | None) -> None:
     """Wait for queued kernels on ``device`` (a no-op unless it is CUDA)."""
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+WORKER_THREADS = 1  # torch's DataLoader sets each worker process to one intra-op thread
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads (e.g. as a data-loader worker runs), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def time_fn(

@@ -1,4 +1,5 @@
-"""Command line: ``python -m contaudio encode FILE... [--tag T] [--weights random] [--out feats.safetensors]``."""
+"""Command line: ``python -m contaudio encode FILE... [--tag T] [--weights random] [--out feats.safetensors]``,
+``python -m contaudio extract MANIFEST --out DIR`` (a whole corpus: ``contaudio.extract``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from contaudio.dtypes import AUTO, DTYPES
 from contaudio.encoders import all_cards
 from contaudio.encoders.loading import WEIGHTS_MODES
 from contaudio.encoders.windows import LONG_CLIP_POLICIES
+from contaudio.extract.command import add_extract_commands
 from contaudio.io import ContinuousAudioIO
 
 
@@ -81,29 +83,35 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=ENCODE_EPILOG,
     )
     enc.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, ...)")
-    enc.add_argument("--tag", default="Qwen/Qwen2.5-Omni-7B", help="hub id, local checkpoint dir or card name")
-    enc.add_argument(
+    add_encoder_arguments(enc)
+    enc.add_argument("--out", type=Path, help="write features to this .safetensors file (one tensor per file)")
+    enc.set_defaults(func=encode)
+    lst = sub.add_parser("cards", help="list the shipped config cards")
+    lst.set_defaults(func=cards)
+    add_extract_commands(sub, add_encoder_arguments)
+    return parser
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """--tag, --weights, --dtype, --device, --attn, --long-clip: what builds the ContinuousAudioIO."""
+    parser.add_argument("--tag", default="Qwen/Qwen2.5-Omni-7B", help="hub id, local checkpoint dir or card name")
+    parser.add_argument(
         "--weights",
         choices=WEIGHTS_MODES,
         default="pretrained",
         help="pretrained (local dir / HF cache / hub), random (seeded, no download) or random_hf_init",
     )
-    enc.add_argument("--dtype", choices=[AUTO, *sorted(DTYPES)], default=AUTO,
-                     help="auto (default): bf16 on CUDA and on CPUs with native bf16 GEMMs (AVX512-BF16/AMX), "
-                          "float32 elsewhere (bf16/fp16 are ~150x slower on CPUs that emulate them)")  # fmt: skip
-    enc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    enc.add_argument("--attn", choices=["sdpa", "eager", "flash_attention_2", "varlen"], default=None)
-    enc.add_argument(
+    parser.add_argument("--dtype", choices=[AUTO, *sorted(DTYPES)], default=AUTO,
+                        help="auto (default): bf16 on CUDA and on CPUs with native bf16 GEMMs (AVX512-BF16/AMX), "
+                             "float32 elsewhere (bf16/fp16 are ~150x slower on CPUs that emulate them)")  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--attn", choices=["sdpa", "eager", "flash_attention_2", "varlen"], default=None)
+    parser.add_argument(
         "--long-clip",
         choices=list(LONG_CLIP_POLICIES),
         default="raise",
         help="30 s encoders (Whisper, Qwen2-Audio, Voxtral) on longer files: raise, or encode 30 s windows",
     )
-    enc.add_argument("--out", type=Path, help="write features to this .safetensors file (one tensor per file)")
-    enc.set_defaults(func=encode)
-    lst = sub.add_parser("cards", help="list the shipped config cards")
-    lst.set_defaults(func=cards)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:

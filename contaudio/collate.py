@@ -49,10 +49,8 @@ def collate_mels(items: Sequence[Any], pad_to_multiple: int = 1) -> tuple[torch.
     mels = [torch.as_tensor(mel_of(item), dtype=torch.float32) for item in items]
     n_mels = mels[0].shape[-1]
     for index, mel in enumerate(mels):
-        if mel.ndim != 2 or mel.shape[1] != n_mels or mel.shape[0] < 1:
-            raise ValueError(
-                f"clip {index}: mel must have shape [M >= 1, {n_mels}] like clip 0, got {tuple(mel.shape)}"
-            )
+        if mel.ndim != 2 or mel.shape[1] != n_mels:  # M = 0: a clip too short for one frame (Gemma 3n: <= 512 samples)
+            raise ValueError(f"clip {index}: mel must have shape [M, {n_mels}] like clip 0, got {tuple(mel.shape)}")
     lengths = torch.tensor([mel.shape[0] for mel in mels], dtype=torch.long)
     max_frames = ceil_div(int(lengths.max()), pad_to_multiple) * pad_to_multiple
     batch = torch.zeros(len(mels), max_frames, n_mels)

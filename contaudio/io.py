@@ -33,8 +33,7 @@ from contaudio.encoders.packed import (
     varlen_attn_available,
 )
 from contaudio.encoders.windows import LongClipPolicy, check_clip_frames, check_long_clip_policy
-from contaudio.features import log_mel, log_mel_batch
-from contaudio.lengths import mel_frames, resampled_length
+from contaudio.lengths import resampled_length
 
 log = logging.getLogger(__name__)
 
@@ -251,20 +250,20 @@ class ContinuousAudioIO(AbsIO):
     def preprocess(self, data: tuple[Any, Any]) -> tuple[np.ndarray, tuple[int, np.ndarray], np.ndarray]:
         """``(wav [C, N] or [N], sr)`` -> ``(zeros [T, 1] int64, (T, mel [M, n_mels] float32), zeros [T, 1])``.
 
-        M = ceil(N' / hop) for the N' samples at the model's rate; T = the
-        encoder rows for M frames (0 for clips too short to give one row). A
-        ``[N, C]`` array with N > C is transposed (logged once), as ESPnet does.
+        M = ``features.frames(N')`` for the N' samples at the model's rate (``ceil(N' / 160)`` for
+        Whisper's log-mel); T = the encoder rows for M frames (0 for clips too short to give one
+        row). A ``[N, C]`` array with N > C is transposed (logged once), as ESPnet does.
         """
         wav, sr = _unpack(data)
         mono = prepare_waveform(wav, sr, self.sample_rate, self.policy)
-        return self._lm_positions(log_mel(mono, self.features))
+        return self._lm_positions(self.features.compute(mono))
 
     def preprocess_batch(
         self, batch: list[tuple[Any, Any]]
     ) -> list[tuple[np.ndarray, tuple[int, np.ndarray], np.ndarray]]:
-        """``[preprocess(d) for d in batch]`` with batched STFTs (``log_mel_batch``; equal within 1e-6)."""
+        """``[preprocess(d) for d in batch]`` with the featurizer's batched kernels (Whisper's: within 1e-6)."""
         monos = [prepare_waveform(*_unpack(data), self.sample_rate, self.policy) for data in batch]
-        return [self._lm_positions(mel) for mel in log_mel_batch(monos, self.features)]
+        return [self._lm_positions(mel) for mel in self.features.compute_batch(monos)]
 
     def _lm_positions(self, mel: torch.Tensor) -> tuple[np.ndarray, tuple[int, np.ndarray], np.ndarray]:
         """``mel [M, n_mels]`` -> preprocess's ``(zeros [T, 1] int64, (T, mel), zeros [T, 1] float32)``."""
@@ -292,11 +291,11 @@ class ContinuousAudioIO(AbsIO):
             samples = self._samples_at_model_rate(*_unpack(data))
         else:
             samples = check_counts(data, "sample count")
-        return self._rows(mel_frames(samples, self.features.hop_length))
+        return self._rows(self.features.frames(samples))
 
     def _rows(self, mel_len: int | torch.Tensor) -> int | torch.Tensor:
         """The family's length rule, after the ``long_clip`` policy (raises for a too-long clip under "raise")."""
-        check_clip_frames(self.family, mel_len, self.long_clip, self.sample_rate / self.features.hop_length)
+        check_clip_frames(self.family, mel_len, self.long_clip, self.features.frame_rate)
         rows = self.family.rows(mel_len)
         return rows if isinstance(rows, torch.Tensor) else int(rows)
 
@@ -366,8 +365,8 @@ class ContinuousAudioIO(AbsIO):
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must have shape [{batch}] (one per clip), got {tuple(lengths.shape)}")
         lengths = lengths.detach().to("cpu", torch.long)
-        if batch and (lengths.min() < 1 or lengths.max() > max_frames):
-            raise ValueError(f"lengths must lie in 1..M_max={max_frames}, got {lengths.tolist()}")
+        if batch and (lengths.min() < 0 or lengths.max() > max_frames):  # 0 frames: an empty [0, D] clip
+            raise ValueError(f"lengths must lie in 0..M_max={max_frames}, got {lengths.tolist()}")
         return mel, lengths
 
     def dummy_forward(self, ref_tensor: torch.Tensor) -> torch.Tensor:

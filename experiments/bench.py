@@ -17,10 +17,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
-from transformers import WhisperFeatureExtractor
+from transformers.feature_extraction_utils import FeatureExtractionMixin
 
 from contaudio import ContinuousAudioIO
-from contaudio.benchmark import matmul_peak_flops, nominal_peak_flops, peak_memory_of, time_fn
+from contaudio.benchmark import (
+    WORKER_THREADS,
+    matmul_peak_flops,
+    nominal_peak_flops,
+    peak_memory_of,
+    time_fn,
+    torch_threads,
+)
 from contaudio.encoders.packed import compiled_layers
 from experiments import config as _config  # noqa: F401  (registers the schema)
 from experiments.common import pad_mels, random_clip, run_experiment
@@ -41,17 +48,22 @@ def preprocess_all(io: ContinuousAudioIO, clips: list[np.ndarray]) -> list:
     return [io.preprocess((clip, io.sample_rate)) for clip in clips]
 
 
-def extract_all(extractor: WhisperFeatureExtractor, clips: list[np.ndarray]) -> list:
-    """The ESPnet path: one HF extractor call per clip, padded to the checkpoint's chunk_length."""
-    sr = extractor.sampling_rate
-    return [
-        extractor(clip, sampling_rate=sr, padding="max_length", return_attention_mask=True, return_tensors="np")
-        for clip in clips
-    ]
+def extract_all(io: ContinuousAudioIO, extractor: FeatureExtractionMixin, clips: list[np.ndarray]) -> list:
+    """The ESPnet path: one HF extractor call per clip, as the family's processor calls it (``hf_inputs``:
+    Whisper's padded to the checkpoint's chunk_length, Granite Speech's on the clip alone, ...)."""
+    return [io.family.hf_inputs(extractor, clip) for clip in clips]
 
 
 def bench_preprocess(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """ms per clip for ours vs the HF extractor as the checkpoint configures it (max_length padding)."""
+    """ms per clip for ours vs the HF extractor as the checkpoint configures it and its processor calls it.
+
+    Both run on one intra-op thread, as in a data-loader worker (where ``preprocess`` runs).
+    """
+    with torch_threads(WORKER_THREADS):
+        return preprocess_rows(cfg, io, rng)
+
+
+def preprocess_rows(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) -> list[dict[str, Any]]:
     b, sr = cfg.bench, io.sample_rate
     extractor = io.features.hf_extractor() if b.reference else None
     rows = []
@@ -65,7 +77,7 @@ def bench_preprocess(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Gene
             "batched_ms": batched * 1e3, "batched_audio_s_per_s": duration / batched,
         }  # fmt: skip
         if extractor is not None:
-            hf = time_fn(partial(extract_all, extractor, clips), b.warmup, b.repeats, None) / len(clips)
+            hf = time_fn(partial(extract_all, io, extractor, clips), b.warmup, b.repeats, None) / len(clips)
             row.update(hf_ms=hf * 1e3, speedup_vs_hf=hf / ours)
         rows.append(row)
     return rows

@@ -99,11 +99,14 @@ def make_sink(cfg: DictConfig, experiment: str, config: dict[str, Any], director
     )  # fmt: skip
 
 
-def run_experiment(experiment: str, cfg: DictConfig, body: Body) -> dict[str, Any]:
+def run_experiment(
+    experiment: str, cfg: DictConfig, body: Body, make_io: Callable[[DictConfig], ContinuousAudioIO] | None = None
+) -> dict[str, Any]:
     """Run ``body`` once; write the JSON record, then report to the tracker; return the record.
 
     A failing job (e.g. a dtype or kernel the device lacks) is recorded with its
-    error and does not end a sweep unless ``strict`` is set.
+    error and does not end a sweep unless ``strict`` is set. ``make_io`` builds the
+    ``ContinuousAudioIO`` (default: from ``io_kwargs(cfg)``).
     """
     reset_torch_state(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -117,7 +120,7 @@ def run_experiment(experiment: str, cfg: DictConfig, body: Body) -> dict[str, An
     try:
         with mutated(cfg.mutation):
             build_start = time.perf_counter()
-            io = ContinuousAudioIO(**io_kwargs(cfg))
+            io = make_io(cfg) if make_io else ContinuousAudioIO(**io_kwargs(cfg))
             build = {"build_s": time.perf_counter() - build_start, "rss_after_build_mib": current_rss_mib()}
             log.info("%s: dtype %s (%s)", experiment, io.dtype_choice.name, io.dtype_choice.reason)
             record["dtype"] = {"requested": cfg.dtype.name, "resolved": io.dtype_choice.name,

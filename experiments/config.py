@@ -82,6 +82,29 @@ class LengthCheckConf:
 
 
 @dataclass
+class ExtractConf:
+    mode: str = MISSING  # lengths | features
+    input: str = MISSING  # manifest, wav.scp, data folder, JSONL, audio folder or glob
+    format: str = MISSING  # auto | lhotse | kaldi | jsonl | glob
+    segments: str | None = None
+    out: str = MISSING  # output folder, shared by every rank
+    workers: int = MISSING
+    max_frames: int = MISSING
+    max_clips: int = MISSING
+    shard_mb: float = MISSING
+    store_dtype: str = MISSING  # same | bfloat16 | float32
+    overwrite: bool = MISSING
+    allow_mixed: bool = MISSING
+    verify: int = MISSING
+    decode_lengths: bool = MISSING
+    espnet: bool = MISSING
+    espnet_offset: int = MISSING
+    rank: int | None = None
+    world_size: int | None = None
+    progress: bool = MISSING
+
+
+@dataclass
 class Config:
     encoder: EncoderConf = MISSING
     dtype: DtypeConf = MISSING
@@ -91,6 +114,7 @@ class Config:
     bench: BenchConf = MISSING
     mask_check: MaskCheckConf = MISSING
     length_check: LengthCheckConf = MISSING
+    extract: ExtractConf = MISSING
     seed: int = 0
     strict: bool = False
     output_dir: str | None = None

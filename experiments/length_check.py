@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from contaudio import ContinuousAudioIO
 from contaudio.conformance import Verdict, judge_length
+from contaudio.features import samples_for_frames
 from experiments import config as _config  # noqa: F401  (registers the schema)
 from experiments.common import pad_mels, random_clip, run_experiment
 
@@ -52,7 +53,7 @@ def table_row(key: dict[str, int], counts: dict[str, int], verdict: Verdict, err
 
 def every_m(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) -> list[dict[str, Any]]:
     """Each M: find_length (M frames, and both extreme N that give M frames), encoded rows, HF's rows."""
-    c, hop = cfg.length_check, io.features.hop_length
+    c = cfg.length_check
     ms = list(range(c.m_min, c.m_max + 1))
     mels = [rng.standard_normal((m, io.n_mels)).astype(np.float32) for m in ms]
     encoded = encoded_rows(io, mels, c.batch_size)
@@ -60,12 +61,12 @@ def every_m(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) ->
     with torch.inference_mode():
         for m, mel, got in zip(tqdm(ms, desc="every M", leave=False, disable=None), mels, encoded, strict=True):
             oracle = io.family.oracle_from_mel(io.encoder, torch.from_numpy(mel))
-            counts = {
-                "find_length_frames": io.find_length(None, before_length=m),
-                "find_length_min_n": io.find_length((m - 1) * hop + 1),  # both extreme N that give M frames
-                "find_length_max_n": io.find_length(m * hop),
-                "encoded": got,
-            }
+            counts = {"find_length_frames": io.find_length(None, before_length=m), "encoded": got}
+            if (extremes := samples_for_frames(io.features, m)) is not None:  # both extreme N that give M frames
+                counts |= {
+                    "find_length_min_n": io.find_length(extremes[0]),
+                    "find_length_max_n": io.find_length(extremes[1]),
+                }
             rows.append(table_row({"m": m}, counts, judge_length(counts, oracle), oracle.error))
     return rows
 

@@ -8,7 +8,8 @@ the duration of one job and restores it afterwards (multirun jobs share one proc
   only HF's oracle can tell.
 - ``padding_leak``: the forward sees ``LEAK_FRAMES`` frames of batch padding past each clip's end
   (convs and attention read them); the rows returned are still the clip's count.
-- ``log_mel_clamp``: the log-mel clamp keeps 70 dB below the clip's peak instead of 80 dB.
+- ``feature_bug``: every featurizer computes with its ``with_known_bug()`` copy (Whisper's log-mel: a
+  70 dB clamp instead of 80 dB); frame counts are unchanged, only HF's extractor can tell.
 
     python -m experiments.suite experiment=ci_smoke mutation=padding_leak      # must fail
 """
@@ -21,11 +22,10 @@ from typing import Any
 
 import torch
 
-from contaudio import features
 from contaudio.encoders import FAMILIES, EncoderFamily
+from contaudio.features import FEATURIZERS
 
 LEAK_FRAMES = 2  # frames of padding a leaking forward reads past each clip's end
-WRONG_DYNAMIC_RANGE = 7.0  # log10 units: 70 dB instead of Whisper's 80 dB
 
 
 def split_rows(flat: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -62,7 +62,8 @@ FAMILY_MUTATIONS: dict[str, Callable[[EncoderFamily], dict[str, Callable]]] = {
     "rows_off_by_one": rows_off_by_one,
     "padding_leak": padding_leak,
 }
-MUTATIONS = (*FAMILY_MUTATIONS, "log_mel_clamp")
+FEATURE_BUG = "feature_bug"
+MUTATIONS = (*FAMILY_MUTATIONS, FEATURE_BUG)
 
 
 @contextmanager
@@ -78,13 +79,24 @@ def patched_family(family: EncoderFamily, attributes: dict[str, Callable]) -> It
 
 
 @contextmanager
-def patched_dynamic_range(value: float) -> Iterator[None]:
-    honest = features.DYNAMIC_RANGE
-    features.DYNAMIC_RANGE = value
+def buggy_featurizers() -> Iterator[None]:
+    """Every registered featurizer computes through its ``with_known_bug()`` copy (class-level patch, undone after)."""
+    methods = ("compute", "compute_batch")
+    own = {(cls, name): cls.__dict__.get(name) for cls in FEATURIZERS.values() for name in methods}
+
+    def buggy(method: Callable) -> Callable:
+        return lambda self, wav: method(self.with_known_bug(), wav)
+
     try:
+        for cls, name in own:
+            setattr(cls, name, buggy(getattr(cls, name)))
         yield
     finally:
-        features.DYNAMIC_RANGE = honest
+        for (cls, name), method in own.items():
+            if method is None:
+                delattr(cls, name)  # inherited: the base class's method shows through again
+            else:
+                setattr(cls, name, method)
 
 
 @contextmanager
@@ -96,8 +108,8 @@ def mutated(name: str | None) -> Iterator[None]:
     if name not in MUTATIONS:
         raise ValueError(f"unknown mutation {name!r}; known: {', '.join(MUTATIONS)}")
     with ExitStack() as stack:
-        if name == "log_mel_clamp":
-            stack.enter_context(patched_dynamic_range(WRONG_DYNAMIC_RANGE))
+        if name == FEATURE_BUG:
+            stack.enter_context(buggy_featurizers())
         else:
             for family in FAMILIES.values():
                 stack.enter_context(patched_family(family, FAMILY_MUTATIONS[name](family)))

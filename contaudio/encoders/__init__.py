@@ -1,6 +1,18 @@
 """Encoder registry: importing this package registers every supported family."""
 
-from contaudio.encoders import qwen2_5_omni, qwen2_audio, qwen3_omni, voxtral, whisper  # noqa: F401  (register)
+from contaudio.encoders import (  # noqa: F401  (importing a family module registers it)
+    audioflamingo3,
+    gemma3n,
+    glmasr,
+    granite_speech,
+    phi4_multimodal,
+    qwen2_5_omni,
+    qwen2_audio,
+    qwen3_asr,
+    qwen3_omni,
+    voxtral,
+    whisper,
+)
 from contaudio.encoders.cards import Card, all_cards, find_card
 from contaudio.encoders.loading import EncoderSource, WeightsNotFoundError, build_encoder, resolve
 from contaudio.encoders.oracle import OracleRows

@@ -27,8 +27,8 @@ from transformers import PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from contaudio.encoders.cards import all_cards, find_card
-from contaudio.encoders.registry import EncoderFamily, family_for_model_type, get_family
-from contaudio.features import FeatureConfig
+from contaudio.encoders.registry import EncoderFamily, WeightLayout, family_for_model_type, get_family
+from contaudio.features import Featurizer, featurizer_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class EncoderSource:
     tag: str
     family: EncoderFamily
     encoder_config: dict[str, Any]
-    features: FeatureConfig
+    features: Featurizer
     files: CheckpointFiles | None  # None: build from a card (random weights only)
 
     def describe(self) -> str:
@@ -137,7 +137,8 @@ def resolve(tag: str, weights: WeightsMode, revision: str | None = None, config_
     card = find_card(tag)
     if card is not None and (weights in RANDOM_MODES or config_only):
         family = get_family(card.family)
-        return EncoderSource(tag, family, card.encoder_config, FeatureConfig.from_dict(card.feature_extractor), None)
+        features = family.adapt_features(featurizer_from_dict(card.feature_extractor))
+        return EncoderSource(tag, family, card.encoder_config, features, None)
     if card is not None and card.hub_id is None:
         raise ValueError(f"card {tag!r} is a test card without weights; use weights='random' with it")
     repo_id = card.hub_id if card is not None else tag
@@ -159,21 +160,44 @@ def _from_files(tag: str, files: CheckpointFiles) -> EncoderSource:
         log.warning("%s has no %s; using %s's default features", files.where(), FEATURES_FILE, family.name)
         features = family.default_features
     else:
-        features = FeatureConfig.from_dict(json.loads(Path(features_path).read_text()))
+        features = featurizer_from_dict(json.loads(Path(features_path).read_text()))
+    features = family.adapt_features(features)
     return EncoderSource(tag, family, family.encoder_config(raw), features, files)
 
 
-def _pick_prefix(keys: Iterable[str], prefixes: tuple[str, ...], expected: set[str]) -> str:
-    """The prefix under which the most expected encoder keys appear."""
+def weight_layout(layout: WeightLayout) -> dict[str, str]:
+    """``{checkpoint prefix: encoder prefix}``; one prefix ``p`` is ``{p: ""}`` (the whole encoder under ``p``).
+
+    >>> weight_layout("audio_tower."), weight_layout({"encoder.": "encoder.", "projector.": "projector."})
+    ({'audio_tower.': ''}, {'encoder.': 'encoder.', 'projector.': 'projector.'})
+    """
+    return {layout: ""} if isinstance(layout, str) else dict(layout)
+
+
+def encoder_key(key: str, layout: dict[str, str]) -> str | None:
+    """The encoder's name for checkpoint ``key`` under ``layout``; None when ``key`` is no encoder tensor there.
+
+    >>> encoder_key("model.projector.linear.bias", {"model.encoder.": "encoder.", "model.projector.": "projector."})
+    'projector.linear.bias'
+    """
+    for source, target in layout.items():
+        if key.startswith(source):
+            return target + key[len(source) :]
+    return None
+
+
+def _pick_layout(keys: Iterable[str], layouts: tuple[WeightLayout, ...], expected: set[str]) -> dict[str, str]:
+    """The layout under which the most expected encoder keys appear (the first one on a tie)."""
     keys = list(keys)
-    hits = {p: sum(k.startswith(p) and k[len(p) :] in expected for k in keys) for p in prefixes}
-    best = max(prefixes, key=lambda p: hits[p])
+    candidates = [weight_layout(layout) for layout in layouts]
+    hits = [sum(encoder_key(key, layout) in expected for key in keys) for layout in candidates]
+    best = max(range(len(candidates)), key=hits.__getitem__)
     if hits[best] == 0:
         raise ValueError(
-            f"no audio-encoder tensors found: looked for keys under prefixes {list(prefixes)} "
-            f"(e.g. {prefixes[0]}{next(iter(sorted(expected)))}); first checkpoint keys: {keys[:3]}"
+            f"no audio-encoder tensors found: looked for keys under prefixes {[list(c) for c in candidates]} "
+            f"(the encoder's keys look like {sorted(expected)[0]}); first checkpoint keys: {keys[:3]}"
         )
-    return best
+    return candidates[best]
 
 
 def read_encoder_state(files: CheckpointFiles, family: EncoderFamily, expected: set[str]) -> dict[str, torch.Tensor]:
@@ -196,11 +220,12 @@ def read_encoder_state(files: CheckpointFiles, family: EncoderFamily, expected: 
             )
         with safe_open(single, framework="pt") as handle:
             weight_map = {key: SINGLE_FILE for key in handle.keys()}
-    prefix = _pick_prefix(weight_map, family.weight_prefixes, expected)
-    wanted = {key: key[len(prefix) :] for key in weight_map if key.startswith(prefix)}
+    layout = _pick_layout(weight_map, family.weight_prefixes, expected)
+    wanted = {key: name for key in weight_map if (name := encoder_key(key, layout)) is not None}
     shards = sorted({weight_map[key] for key in wanted})
+    prefixes = ", ".join(map(repr, layout))
     log.info(
-        "reading %d encoder tensors (prefix %r) from %d shard(s) of %s", len(wanted), prefix, len(shards), files.where()
+        "reading %d encoder tensors (%s) from %d shard(s) of %s", len(wanted), prefixes, len(shards), files.where()
     )
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
@@ -211,7 +236,7 @@ def read_encoder_state(files: CheckpointFiles, family: EncoderFamily, expected: 
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
         raise ValueError(
-            f"{files.where()}: encoder keys under {prefix!r} do not match {family.encoder_class.__name__}: "
+            f"{files.where()}: encoder keys under {prefixes} do not match {family.encoder_class.__name__}: "
             f"missing {sorted(missing)[:5]} ({len(missing)}), unexpected {sorted(unexpected)[:5]} "
             f"({len(unexpected)}). Is the checkpoint's config.json for these weights?"
         )

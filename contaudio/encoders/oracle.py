@@ -58,6 +58,18 @@ class AudioTowerHost(nn.Module):
         self.audio_tower = audio_tower
 
 
+class ProjectorFreeHost(AudioTowerHost):
+    """An :class:`AudioTowerHost` for HF methods that also run ``self.multi_modal_projector`` on the tower's
+    output (into ``pooler_output``): an identity projector leaves the tower's rows, read from
+    ``last_hidden_state``, as they are. ``config``: the attributes the method reads from ``self.config``."""
+
+    def __init__(self, audio_tower: nn.Module, config: object | None = None) -> None:
+        super().__init__(audio_tower)
+        self.multi_modal_projector = nn.Identity()
+        if config is not None:
+            self.config = config
+
+
 def extract(extractor: WhisperFeatureExtractor, wav: np.ndarray, **kwargs: object) -> tuple[torch.Tensor, int]:
     """HF's extractor on one clip with the processor's ``kwargs``: ``(input_features [1, n_mels, F], frames)``."""
     out: BatchFeature = extractor(

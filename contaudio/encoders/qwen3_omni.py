@@ -23,7 +23,7 @@ batch; a clip alone gets ``N // 160`` frames and a reflected end there), then
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -135,11 +135,11 @@ def qwen3_window_rows(clip_rows: torch.Tensor, window_rows: int) -> torch.Tensor
 def qwen3_conv_stack(encoder: nn.Module, chunks: torch.Tensor) -> torch.Tensor:
     """``[n, n_mels, W]`` zero-padded chunks -> ``[n, t, d]``: three conv2d + GELU, conv_out, positions.
 
-    Runs in slices of ``encoder.conv_chunksize`` chunks, as HF does, to bound the conv activations;
+    Runs in slices of ``encoder.conv_chunksize`` chunks (all at once without one), as HF does;
     narrow bf16 convs on CPU run in float32 (:func:`conv2d_bf16_safe`).
     """
     outputs = []
-    per_call = encoder.conv_chunksize if chunks.device.type == "cuda" else CPU_CONV_CHUNKS
+    per_call = getattr(encoder, "conv_chunksize", len(chunks)) if chunks.device.type == "cuda" else CPU_CONV_CHUNKS
     for part in chunks.unsqueeze(1).split(per_call, dim=0):
         for conv in (encoder.conv2d1, encoder.conv2d2, encoder.conv2d3):
             part = F.gelu(conv2d_bf16_safe(conv, part))
@@ -159,11 +159,25 @@ def packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor)
     ONCE over the packed rows of the whole batch, attending within windows of
     ``13 * n_window_infer / 100`` rows per clip; then ln_post, proj1, act, proj2.
     """
+    hidden = aut_layers(encoder, mel, lengths, qwen3_conv_widths)
+    return encoder.proj2(encoder.act(encoder.proj1(encoder.ln_post(hidden))))
+
+
+ConvWidths = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def aut_layers(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor, conv_widths: ConvWidths) -> torch.Tensor:
+    """The AuT tower (Qwen3-Omni, Qwen3-ASR) up to its last layer: ``[B, M_max, n_mels]`` -> ``[sum rows, d_model]``.
+
+    ``conv_widths(lengths, clip_of_chunk, chunk_frames)`` gives the width each 100-frame chunk is
+    zero-padded to before the conv stack (the family's HF forward decides it); each width
+    group runs the conv stack once, then the layers run ONCE over the packed rows of the batch.
+    """
     lengths = check_lengths(mel, lengths)
     check_chunking(encoder)
     chunk_frames = CONV_STRIDE * encoder.n_window
     frames, clip_of_chunk, index_in_clip = chunk_frames_per_clip(lengths, chunk_frames)
-    widths = qwen3_conv_widths(lengths, clip_of_chunk, chunk_frames)
+    widths = conv_widths(lengths, clip_of_chunk, chunk_frames)
     chunk_rows = qwen3_omni_rows(frames)  # (num_chunks,): a chunk of <= 100 frames is a clip of its own
     row_offsets = F.pad(chunk_rows.cumsum(0), (1, 0))  # where each chunk's rows start in the packed order
     mel = mel.to(encoder.conv2d1.weight.dtype)
@@ -185,26 +199,37 @@ def packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor)
     hidden = torch.cat(pieces).index_select(0, to_device(order, mel.device))  # [N, d]
     window = qwen3_omni_rows(chunk_frames) * (encoder.n_window_infer // chunk_frames)
     window_rows = qwen3_window_rows(qwen3_omni_rows(lengths), window)
-    hidden = run_windowed_stack(
+    return run_windowed_stack(
         encoder.layers, hidden, window_rows, attention_kernel(encoder.config, hidden.device, hidden.dtype)
     )
-    return encoder.proj2(encoder.act(encoder.proj1(encoder.ln_post(hidden))))
 
 
 def qwen3_omni_flops(config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
     """Matmul FLOPs of the Qwen3-Omni audio tower over clips of ``lengths`` mel frames, as it runs.
 
+    :func:`aut_flops` with a clip of ``M < 100`` frames convolved unpadded (one chunk of ``M``)
+    and the ``proj1``/``proj2`` head: per valid row ``2 (d^2 + d out)`` more.
+    """
+    return aut_flops(config, lengths, pad_short_clips=False, projection=True)
+
+
+def aut_flops(
+    config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor, pad_short_clips: bool, projection: bool
+) -> float:
+    """Matmul FLOPs of an AuT tower (Qwen3-Omni, Qwen3-ASR) over clips of ``lengths`` mel frames, as it runs.
+
     A clip of ``M >= 100`` frames is ``ceil(M / 100)`` chunks, each padded to 100 frames; a shorter
-    clip one chunk of ``M``. Per chunk of width ``w``: three ``3x3 s2`` Conv2d over (mel, time) with
-    ``C = downsample_hidden_size`` channels, ``F_i x T_i`` outputs
-    (``2 F1 T1 C 9 + 2 F2 T2 C^2 9 + 2 F3 T3 C^2 9``) and ``conv_out`` (``2 T3 (C F3) d``). Per valid
-    row: ``2 (L (4 d^2 + 2 d ffn) + d^2 + d out)``; per attention window of ``r`` rows and layer
-    ``2 * 2 r^2 d`` (windows of ``13 * n_window_infer / 100`` rows).
+    clip is one chunk of 100 (``pad_short_clips``) or of ``M``. Per chunk of width ``w``: three
+    ``3x3 s2`` Conv2d over (mel, time) with ``C = downsample_hidden_size`` channels, ``F_i x T_i``
+    outputs (``2 F1 T1 C 9 + 2 F2 T2 C^2 9 + 2 F3 T3 C^2 9``) and ``conv_out`` (``2 T3 (C F3) d``).
+    Per valid row: ``2 L (4 d^2 + 2 d ffn)`` (and ``2 (d^2 + d out)`` with ``projection``); per
+    attention window of ``r`` rows and layer ``2 * 2 r^2 d`` (windows of ``13 * n_window_infer / 100`` rows).
     """
     d, ffn = config_value(config, "d_model"), config_value(config, "encoder_ffn_dim")
     layers, n_mels = config_value(config, "encoder_layers"), config_value(config, "num_mel_bins")
-    channels, output_dim = config_value(config, "downsample_hidden_size"), config_value(config, "output_dim")
+    channels = config_value(config, "downsample_hidden_size")
     window = conv_stack_rows(CHUNK_FRAMES) * (config_value(config, "n_window_infer") // CHUNK_FRAMES)
+    head = d * d + d * config_value(config, "output_dim") if projection else 0
 
     def chunk_macs(width: int) -> int:
         freq, steps, macs, in_channels = n_mels, width, 0, 1
@@ -217,9 +242,10 @@ def qwen3_omni_flops(config: Mapping[str, Any] | Any, lengths: Sequence[int] | t
     macs = 0
     for length in torch.as_tensor(lengths).tolist():
         chunks = ceil_div(length, CHUNK_FRAMES)
-        macs += chunks * chunk_macs(CHUNK_FRAMES) if length >= CHUNK_FRAMES else chunk_macs(length)
+        full = length >= CHUNK_FRAMES or pad_short_clips
+        macs += chunks * chunk_macs(CHUNK_FRAMES) if full else chunk_macs(length)
         rows = qwen3_omni_rows(length)
-        macs += layers * block_macs(rows, d, ffn) + rows * (d * d + d * output_dim)
+        macs += layers * block_macs(rows, d, ffn) + rows * head
         full_windows, rest = divmod(rows, window)
         macs += layers * (full_windows * attention_macs(window, d) + attention_macs(rest, d))
     return float(FLOPS_PER_MAC * macs)

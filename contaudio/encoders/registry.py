@@ -23,13 +23,24 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
-from transformers import PreTrainedConfig, PreTrainedModel, WhisperFeatureExtractor
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.feature_extraction_utils import FeatureExtractionMixin
 
 from contaudio.encoders.oracle import OracleRows, ask_hf
-from contaudio.features import FeatureConfig
+from contaudio.features import Featurizer
 from contaudio.lengths import IntOrTensor
 
-__all__ = ["FAMILIES", "EncoderFamily", "IntOrTensor", "family_for_model_type", "get_family", "register"]
+__all__ = [
+    "FAMILIES",
+    "EncoderFamily",
+    "IntOrTensor",
+    "WeightLayout",
+    "family_for_model_type",
+    "get_family",
+    "register",
+]
+
+WeightLayout = str | Mapping[str, str]  # a key prefix, or {checkpoint prefix: encoder prefix}
 
 
 class EncoderFamily(ABC):
@@ -39,24 +50,29 @@ class EncoderFamily(ABC):
         name: registry key, e.g. ``"qwen2_5_omni"``.
         config_paths: checkpoint ``model_type`` -> key path from its ``config.json`` to the
             encoder config (``()`` when the checkpoint *is* the encoder).
-        weight_prefixes: key prefixes of the encoder tensors in a checkpoint, tried in order.
+        weight_prefixes: where the encoder's tensors sit in a checkpoint, layouts tried in order: a key
+            prefix (the whole encoder under it), or ``{checkpoint prefix: encoder prefix}`` for an
+            encoder assembled from several parts of the model (Granite Speech: encoder and projector).
         encoder_class / config_class: the HF modules the encoder is built from.
-        default_features: feature config used when a checkpoint ships none.
+        default_features: the featurizer used when a checkpoint ships no ``preprocessor_config.json``.
         output_dim_key: the config key of the output width.
         window_frames: mel frames the encoder takes at once (3000 = 30 s for Whisper-style
             encoders, every clip padded to the window); ``None`` for encoders that take any length.
+        max_frames: the most mel frames the model's own processor passes on (Audio Flamingo 3:
+            600 s); a longer clip raises, never cut. ``None``: no limit.
         returns: one line: which HF output contaudio returns for a clip.
         oracle_path: one line: the HF code path the oracle runs.
     """
 
     name: ClassVar[str]
     config_paths: ClassVar[dict[str, tuple[str, ...]]]
-    weight_prefixes: ClassVar[tuple[str, ...]]
+    weight_prefixes: ClassVar[tuple[WeightLayout, ...]]
     encoder_class: ClassVar[type[PreTrainedModel]]
     config_class: ClassVar[type[PreTrainedConfig]]
-    default_features: ClassVar[FeatureConfig]
+    default_features: ClassVar[Featurizer]
     output_dim_key: ClassVar[str] = "output_dim"
     window_frames: ClassVar[int | None] = None
+    max_frames: ClassVar[int | None] = None
     returns: ClassVar[str]
     oracle_path: ClassVar[str]
 
@@ -79,11 +95,12 @@ class EncoderFamily(ABC):
 
     # --------------------------------------------------------------------------- HF's own path
     @abstractmethod
-    def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
+    def hf_inputs(self, extractor: FeatureExtractionMixin, wav: np.ndarray) -> tuple[torch.Tensor, int]:
         """HF's feature extractor on one 16 kHz clip as the model's processor calls it.
 
-        Returns ``(input_features [1, n_mels, F], frames)``: the extractor's features and the
-        clip's valid frames (the sum of its attention mask).
+        ``extractor`` is the featurizer's ``hf_extractor()``. Returns ``(input_features, frames)``: the
+        extractor's features in HF's layout (``[1, n_mels, F]`` for Whisper's log-mel) and the clip's
+        valid frames (the sum of its attention mask).
         """
 
     @abstractmethod
@@ -94,7 +111,7 @@ class EncoderFamily(ABC):
         output split), never contaudio's rule.
         """
 
-    def oracle(self, encoder: PreTrainedModel, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> OracleRows:
+    def oracle(self, encoder: PreTrainedModel, extractor: FeatureExtractionMixin, wav: np.ndarray) -> OracleRows:
         """HF's answer for one clip from its waveform: HF's extractor, then HF's model path on these weights."""
 
         def ask() -> torch.Tensor:
@@ -113,12 +130,19 @@ class EncoderFamily(ABC):
         return self.hf_encode(encoder, *self.hf_layout(mel, lengths))
 
     def hf_layout(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """contaudio's ``[B, M_max, n_mels]`` batch -> HF's ``[B, n_mels, F]`` (F a whole number of windows)."""
+        """contaudio's ``[B, M_max, n_mels]`` batch -> HF's layout (``[B, n_mels, F]``, F whole windows).
+
+        A family whose HF model takes another layout (time-major, a mask) overrides this.
+        """
         features = mel.transpose(1, 2)
         if self.window_frames is not None:
             width = -(-features.shape[2] // self.window_frames) * self.window_frames
             features = torch.nn.functional.pad(features, (0, width - features.shape[2]))
         return features, lengths
+
+    def adapt_features(self, features: Featurizer) -> Featurizer:
+        """The checkpoint's featurizer as this family's processor runs it (default: as configured)."""
+        return features
 
     # --------------------------------------------------------------------------- config reading
     def encoder_config(self, raw: dict[str, Any]) -> dict[str, Any]:

@@ -21,31 +21,17 @@ from types import SimpleNamespace
 from typing import ClassVar
 
 import torch
-from torch import nn
 from transformers import PreTrainedModel
 from transformers.models.voxtral.configuration_voxtral import VoxtralEncoderConfig
 from transformers.models.voxtral.modeling_voxtral import VoxtralEncoder, VoxtralModel
 from transformers.models.whisper.modeling_whisper import WhisperPreTrainedModel
 
-from contaudio.encoders.oracle import select_rows
+from contaudio.encoders.oracle import ProjectorFreeHost, select_rows
 from contaudio.encoders.registry import register
 from contaudio.encoders.windows import WINDOW_FRAMES, WindowFamily, hf_windows
 from contaudio.features import FeatureConfig
 
 VOXTRAL_FEATURES = FeatureConfig(sampling_rate=16000, feature_size=128, n_fft=400, hop_length=160, chunk_length=30)
-
-
-class VoxtralTowerHost(nn.Module):
-    """Runs ``VoxtralModel.get_audio_features`` on our tower: an identity projector and a reshape
-    to ``d_model`` columns leave the tower's rows as they are (``last_hidden_state`` is read anyway)."""
-
-    def __init__(self, audio_tower: nn.Module) -> None:
-        super().__init__()
-        self.audio_tower = audio_tower
-        self.multi_modal_projector = nn.Identity()
-        self.config = SimpleNamespace(
-            return_dict=True, audio_config=SimpleNamespace(intermediate_size=audio_tower.config.d_model)
-        )
 
 
 @register
@@ -64,6 +50,9 @@ class Voxtral(WindowFamily):
 
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         windows, window_frames = hf_windows(input_features, frames, WINDOW_FRAMES)
-        hidden = VoxtralModel.get_audio_features(VoxtralTowerHost(encoder), windows).last_hidden_state
+        # get_audio_features reshapes to intermediate_size columns for its projector: d_model keeps the rows
+        width = SimpleNamespace(intermediate_size=encoder.config.d_model)
+        host = ProjectorFreeHost(encoder, SimpleNamespace(return_dict=True, audio_config=width))
+        hidden = VoxtralModel.get_audio_features(host, windows).last_hidden_state
         rows = WhisperPreTrainedModel._get_feat_extract_output_lengths(encoder, window_frames)
         return select_rows(hidden, rows)

@@ -64,11 +64,13 @@ def check_long_clip_policy(policy: str) -> LongClipPolicy:
 def check_clip_frames(
     family: EncoderFamily, mel_len: int | torch.Tensor, policy: LongClipPolicy, frames_per_second: float
 ) -> None:
-    """Raise :class:`ClipTooLongError` if a clip exceeds ``family``'s window under ``policy="raise"``.
+    """Raise :class:`ClipTooLongError` if a clip exceeds ``family``'s window under ``policy="raise"``,
+    or the family's ``max_frames`` (the most its model's processor passes on) under any policy.
 
     ``mel_len`` is one frame count (int) or a tensor of them. Encoders without a
-    window (``window_frames=None``) accept any length.
+    window (``window_frames=None``) accept any length up to ``max_frames``.
     """
+    check_max_frames(family, mel_len, frames_per_second)
     window = family.window_frames
     if window is None or policy == "windows":
         return
@@ -89,6 +91,22 @@ def check_clip_frames(
     )
 
 
+def check_max_frames(family: EncoderFamily, mel_len: int | torch.Tensor, frames_per_second: float) -> None:
+    """Raise :class:`ClipTooLongError` for a clip longer than the family's ``max_frames`` (never cut it)."""
+    limit = family.max_frames
+    if limit is None or (isinstance(mel_len, torch.Tensor) and mel_len.numel() == 0):
+        return
+    longest = int(mel_len.max()) if isinstance(mel_len, torch.Tensor) else int(mel_len)
+    if longest <= limit:
+        return
+    seconds = f"{limit / frames_per_second:g} s"
+    raise ClipTooLongError(
+        f"{family.name} takes at most {limit} mel frames ({seconds}) per clip, what its processor passes to the "
+        f"model (it drops the rest); got {longest} frames ({longest / frames_per_second:g} s). Split the clip "
+        f"into pieces of <= {seconds}, or drop longer clips (max_duration_s={limit / frames_per_second:g})."
+    )
+
+
 def silence_level(mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``[B, M_max, n_mels]`` + ``[B]`` -> ``[B]``: the value HF's extractor gives the silence after each clip.
 
@@ -102,25 +120,28 @@ def silence_level(mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 def split_into_windows(
-    mel: torch.Tensor, lengths: torch.Tensor, window_frames: int
+    mel: torch.Tensor, lengths: torch.Tensor, window_frames: int, silence_per_window: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded batch -> one row per window: ``[B, M_max, n_mels]``, ``[B]`` -> ``[K, W, n_mels]``, ``[K]``.
 
     Clip ``i`` becomes ``ceil(M_i / W)`` consecutive windows (one when it fits), in clip
     order; frames past the clip's end hold its :func:`silence_level`, whatever the padded
-    batch held there. The second tensor gives each window's real frames (``W`` for all
-    but a clip's last window).
+    batch held there: the clip's, or with ``silence_per_window`` its last window's own (for
+    processors that cut the *waveform* into windows and extract each one on its own, see
+    :class:`WindowedFeatures`). The second tensor gives each window's real frames (``W``
+    for all but a clip's last window).
     """
     lengths = lengths.to(mel.device)
-    level = silence_level(mel, lengths).to(mel.dtype)  # [B]
     span = int(ceil_div(lengths, window_frames).max()) * window_frames
     mel = F.pad(mel, (0, 0, 0, span - mel.shape[1])) if mel.shape[1] < span else mel[:, :span]
-    valid = torch.arange(span, device=mel.device) < lengths[:, None]  # [B, span]
-    filled = torch.where(valid[..., None], mel, level[:, None, None])  # [B, span, n_mels]
-    windows = filled.reshape(mel.shape[0], -1, window_frames, mel.shape[2])  # [B, max windows, W, n_mels]
+    windows = mel.reshape(mel.shape[0], -1, window_frames, mel.shape[2])  # [B, max windows, W, n_mels]
     real = window_frame_counts(lengths, windows.shape[1], window_frames)  # [B, max windows]
     keep = real > 0
-    return windows[keep], real[keep]
+    windows, real = windows[keep], real[keep]  # [K, W, n_mels], [K]
+    clip_of_window = keep.nonzero()[:, 0]  # [K]
+    level = silence_level(windows, real) if silence_per_window else silence_level(mel, lengths)[clip_of_window]
+    valid = torch.arange(window_frames, device=mel.device) < real[:, None]  # [K, W]
+    return torch.where(valid[..., None], windows, level.to(mel.dtype)[:, None, None]), real
 
 
 def window_frame_counts(lengths: torch.Tensor, windows: int, window_frames: int) -> torch.Tensor:
@@ -146,6 +167,17 @@ def hf_windows(
     real = window_frame_counts(frames.to(input_features.device), windows.shape[1], window_frames)
     keep = real > 0
     return windows[keep], real[keep]
+
+
+def extract_per_window(extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
+    """HF's extractor as the Audio Flamingo 3 / GLM-ASR processors run it: the waveform cut into consecutive
+    ``n_samples`` (30 s) pieces, each extracted on its own with max_length padding, side by side.
+
+    Returns ``([1, n_mels, k * 3000], valid frames)``.
+    """
+    starts = range(extractor.n_samples, len(wav), extractor.n_samples)
+    pieces = [extract(extractor, piece, padding="max_length") for piece in np.split(wav, starts)]
+    return torch.cat([features for features, _ in pieces], dim=2), sum(frames for _, frames in pieces)
 
 
 def whisper_style_flops(

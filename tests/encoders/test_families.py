@@ -27,7 +27,7 @@ SMALL_RUN = ["length_check.m_max=40", "length_check.random_n=2", "length_check.e
              "mask_check.num_batches=1", "mask_check.batch_size=3", "mask_check.long_clip_s=0"]  # fmt: skip
 # which experiment must catch each mutation (length_check cannot see values)
 CAUGHT_BY = {"rows_off_by_one": ("length_check", "mask_check"), "padding_leak": ("mask_check",),
-             "log_mel_clamp": ("mask_check",)}  # fmt: skip
+             "feature_bug": ("mask_check",)}  # fmt: skip
 EXPERIMENTS = {"length_check": length_check, "mask_check": mask_check}
 
 
@@ -71,7 +71,10 @@ def test_every_length_agrees_with_hf(case, tmp_path) -> None:
     record = length_check.run(cfg)
     metrics = record["metrics"]
     assert record["status"] == "ok", metrics["first_failures"]
-    assert metrics["m_checked"] == 210 and metrics["judged_by_oracle"] == metrics["m_checked"] + metrics["n_checked"]
+    by_rule = [row for table in record["tables"].values() for row in table if row["judged_by"] != "oracle"]
+    assert all(row["encoded"] == 0 for row in by_rule), by_rule  # only clips too short for a frame, where HF raises
+    assert metrics["m_checked"] == 210
+    assert metrics["judged_by_oracle"] == metrics["m_checked"] + metrics["n_checked"] - len(by_rule)
     assert metrics["oracle"] == get_family(case.family).oracle_path
 
 
@@ -80,10 +83,12 @@ def test_padded_batches_equal_each_clip_alone_and_hf(case, tmp_path) -> None:
     record = mask_check.run(cfg)
     metrics = record["metrics"]
     assert record["status"] == "ok", metrics["first_failures"]
-    assert metrics["judged_by_oracle"] == metrics["clips"] == 9
+    by_rule = [row for row in record["tables"]["clips"] if row["judged_by"] != "oracle"]
+    assert all(row["rows"] == 0 for row in by_rule), by_rule  # only clips too short for a frame, where HF raises
+    assert metrics["judged_by_oracle"] + len(by_rule) == metrics["clips"] == 9
     assert metrics["max_abs_vs_oracle"] <= 1e-4
     rows = record["tables"]["clips"]
-    assert any(r["frames"] <= 3 for r in rows) and any(r["num_samples"] > 30 * 16000 for r in rows)
+    assert any(r["num_samples"] <= 3 * 160 for r in rows) and any(r["num_samples"] > 30 * 16000 for r in rows)
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS)
@@ -120,7 +125,9 @@ def test_flop_rule_equals_torchs_counter_on_hfs_forward(case) -> None:
         long_clip="windows",
     )  # fmt: skip (eager: countable matmuls)
     lengths = torch.tensor(case.flop_lengths)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    # no_grad, not inference_mode: FlopCounterMode's module tracker fails under inference_mode when a module is
+    # handed a parameter as input (Granite Speech's projector passes its learned queries to its Q-Former)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         for m in case.flop_lengths:  # one clip per call: HF pads a batch's chunks to its longest
             io.family.reference_forward(io.encoder, torch.zeros(1, m, io.n_mels), torch.tensor([m]))
     assert io.family.flops(io.encoder.config, lengths) == counter.get_total_flops()

@@ -12,6 +12,12 @@ TINY_QWEN3_OMNI = "contaudio/tiny-qwen3-omni"
 TINY_QWEN2_AUDIO = "contaudio/tiny-qwen2-audio"
 TINY_WHISPER = "contaudio/tiny-whisper"
 TINY_VOXTRAL = "contaudio/tiny-voxtral"
+TINY_GRANITE_SPEECH = "contaudio/tiny-granite-speech"
+TINY_PHI4_MULTIMODAL = "contaudio/tiny-phi4-multimodal"
+TINY_QWEN3_ASR = "contaudio/tiny-qwen3-asr"
+TINY_AUDIOFLAMINGO3 = "contaudio/tiny-audioflamingo3"
+TINY_GLMASR = "contaudio/tiny-glmasr"
+TINY_GEMMA3N = "contaudio/tiny-gemma3n"
 
 
 TINY_TEXT = {"vocab_size": 160, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -34,13 +40,14 @@ def tiny_audio_config() -> dict:
 
 
 def card_extractor(tag: str):
-    """HF's WhisperFeatureExtractor configured exactly as the card's feature_extractor says."""
-    from transformers import WhisperFeatureExtractor
+    """HF's own extractor class (the card's ``feature_extractor_type``) configured exactly as the card says."""
+    import transformers
 
     from contaudio.encoders import find_card
 
-    raw = {k: v for k, v in find_card(tag).feature_extractor.items() if k != "feature_extractor_type"}
-    return WhisperFeatureExtractor(**raw)
+    raw = dict(find_card(tag).feature_extractor)
+    extractor_class = getattr(transformers, raw.pop("feature_extractor_type", "WhisperFeatureExtractor"))
+    return extractor_class(**raw)
 
 
 def perturb_(module: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
@@ -119,21 +126,53 @@ def save_tiny_whisper(directory, *, max_shard_size: str = "10GB"):
     return model.eval()
 
 
-def save_tiny_voxtral(directory, *, max_shard_size: str = "40KB"):
-    """Save a tiny random FULL Voxtral (audio tower + projector + Llama LM), sharded, with its feature config."""
-    from transformers import VoxtralConfig, VoxtralForConditionalGeneration
+def save_tiny_audio_lm(
+    directory,
+    card: str,
+    model_name: str,
+    audio_type: str,
+    text_type: str,
+    seed: int,
+    max_shard_size: str = "40KB",
+    **text_overrides,
+):
+    """Save a tiny random FULL ``<model_name>ForConditionalGeneration`` (the card's audio tower + projector + a
+    ``text_type`` LM), sharded by transformers, with the card's own extractor config."""
+    import transformers
 
-    config = VoxtralConfig(
-        audio_config={"model_type": "voxtral_encoder", **card_encoder_config(TINY_VOXTRAL)},
-        text_config={"model_type": "llama", **TINY_TEXT},
+    config = getattr(transformers, f"{model_name}Config")(
+        audio_config={"model_type": audio_type, **card_encoder_config(card)},
+        text_config={"model_type": text_type, **TINY_TEXT, **text_overrides},
         audio_token_id=TINY_AUDIO_TOKEN,
     )
-    torch.manual_seed(4324)
-    model = VoxtralForConditionalGeneration(config)
-    perturb_(model, seed=4)
+    torch.manual_seed(4320 + seed)
+    model = getattr(transformers, f"{model_name}ForConditionalGeneration")(config)
+    perturb_(model, seed=seed)
     model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_VOXTRAL).save_pretrained(directory)
+    card_extractor(card).save_pretrained(directory)
     return model.eval()
+
+
+def save_tiny_voxtral(directory, *, max_shard_size: str = "40KB"):
+    """A tiny random FULL Voxtral (audio tower + projector + Llama LM)."""
+    return save_tiny_audio_lm(directory, TINY_VOXTRAL, "Voxtral", "voxtral_encoder", "llama", 4, max_shard_size)
+
+
+def save_tiny_qwen3_asr(directory, *, max_shard_size: str = "40KB"):
+    """A tiny random FULL Qwen3-ASR (AuT tower + projector + Qwen3 LM)."""
+    return save_tiny_audio_lm(directory, TINY_QWEN3_ASR, "Qwen3ASR", "qwen3_asr_encoder", "qwen3", 6, max_shard_size,
+                              head_dim=16)  # fmt: skip
+
+
+def save_tiny_audioflamingo3(directory, *, max_shard_size: str = "40KB"):
+    """A tiny random FULL Audio Flamingo 3 (Whisper tower + average pool + projector + Qwen2 LM)."""
+    return save_tiny_audio_lm(directory, TINY_AUDIOFLAMINGO3, "AudioFlamingo3", "audioflamingo3_encoder", "qwen2", 7,
+                              max_shard_size)  # fmt: skip
+
+
+def save_tiny_glmasr(directory, *, max_shard_size: str = "40KB"):
+    """A tiny random FULL GLM-ASR (rotary Whisper tower + projector + Llama LM)."""
+    return save_tiny_audio_lm(directory, TINY_GLMASR, "GlmAsr", "glmasr_encoder", "llama", 8, max_shard_size)
 
 
 def save_tiny_qwen2_5_omni(directory, *, thinker_only: bool = False, max_shard_size: str = "40KB"):
@@ -162,6 +201,90 @@ def save_tiny_qwen2_5_omni(directory, *, thinker_only: bool = False, max_shard_s
     perturb_(model, seed=5)
     model.save_pretrained(directory, max_shard_size=max_shard_size)
     card_extractor(TINY_QWEN_OMNI).save_pretrained(directory)
+    return model.eval()
+
+
+def save_tiny_phi4_multimodal(directory, *, max_shard_size: str = "40KB"):
+    """Save a tiny random FULL Phi-4-multimodal (audio + vision embeddings, Phi-3 LM), sharded, with its feature
+    config. The tower's normalisation buffers (global_mean / global_invstd) are drawn too: they are not parameters."""
+    from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
+
+    audio = {**card_encoder_config(TINY_PHI4_MULTIMODAL), "audio_token_id": TINY_AUDIO_TOKEN}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 28, "patch_size": 14, "crop_size": 28, "image_token_id": TINY_AUDIO_TOKEN + 1}  # fmt: skip
+    config = Phi4MultimodalConfig(**TINY_TEXT, pad_token_id=0, bos_token_id=1, eos_token_id=2, audio_config=audio,
+                                  vision_config=vision)  # fmt: skip
+    torch.manual_seed(4325)
+    model = Phi4MultimodalForCausalLM(config)
+    perturb_(model, seed=6)
+    norm = model.model.embed_tokens_extend.audio_embed.encoder.encoder_embedding
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        norm.global_mean.copy_(torch.randn(norm.global_mean.shape, generator=generator) * 2 + 8)
+        norm.global_invstd.copy_(torch.rand(norm.global_invstd.shape, generator=generator) * 0.4 + 0.2)
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
+    card_extractor(TINY_PHI4_MULTIMODAL).save_pretrained(directory)
+    return model.eval()
+
+
+def save_tiny_granite_speech(directory, *, max_shard_size: str = "40KB"):
+    """Save a tiny random FULL Granite Speech model (conformer encoder + Q-Former projector + Granite LM), sharded,
+    with its feature config. HF keeps the encoder and projector side by side under ``model``; the returned model
+    also holds them under ``model.audio_tower`` (added after saving, not in the checkpoint), the tower contaudio
+    loads, so the conformance table can name it."""
+    from transformers import GraniteSpeechConfig, GraniteSpeechForConditionalGeneration
+
+    tower = card_encoder_config(TINY_GRANITE_SPEECH)
+    config = GraniteSpeechConfig(**{**tower, "text_config": {"model_type": "granite", **TINY_TEXT}},
+                                 audio_token_index=TINY_AUDIO_TOKEN, has_lora_adapter=False)  # fmt: skip
+    torch.manual_seed(4326)
+    model = GraniteSpeechForConditionalGeneration(config)
+    perturb_(model, seed=8)
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
+    card_extractor(TINY_GRANITE_SPEECH).save_pretrained(directory)
+    model.model.audio_tower = torch.nn.Module()
+    model.model.audio_tower.encoder, model.model.audio_tower.projector = model.model.encoder, model.model.projector
+    return model.eval()
+
+
+def save_tiny_gemma3n(directory, *, max_shard_size: str = "40KB"):
+    """Save a tiny random FULL Gemma 3n (audio tower, embedders, Gemma 3n LM), sharded, with its feature config.
+
+    Token ids follow the real layout (vision ids, then audio ids, at the end of the text vocabulary: HF pads the audio
+    rows with the embedding of id ``vocab_size - 1``). The vision tower is timm's MobileNetV5 and timm is no dependency
+    of contaudio, so a one-layer stand-in takes its place (saved under ``model.vision_tower.*``, never loaded).
+    """
+    from unittest import mock
+
+    from transformers import Gemma3nConfig, Gemma3nForConditionalGeneration
+    from transformers.models.gemma3n import modeling_gemma3n
+    from transformers.models.gemma3n.configuration_gemma3n import Gemma3nVisionConfig
+
+    audio = card_encoder_config(TINY_GEMMA3N)
+    vision = {"hidden_size": 16, "vocab_size": 8, "vocab_offset": audio["vocab_offset"] - 8}
+    text = {"vocab_size": audio["vocab_offset"] + audio["vocab_size"], "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+            "vocab_size_per_layer_input": vision["vocab_offset"], "hidden_size_per_layer_input": 8,
+            "num_kv_shared_layers": 0, "laurel_rank": 4, "altup_num_inputs": 2, "sliding_window": 16,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "activation_sparsity_pattern": [0.0, 0.0]}  # fmt: skip
+    offset, audio_offset = vision["vocab_offset"], audio["vocab_offset"]
+    config = Gemma3nConfig(text_config=text, vision_config=vision, audio_config=audio, image_token_id=offset + 1,
+                           boi_token_id=offset + 2, eoi_token_id=offset + 3, audio_token_id=audio_offset + 1,
+                           boa_token_id=audio_offset + 2, eoa_token_id=audio_offset + 3)  # fmt: skip
+    build = modeling_gemma3n.AutoModel.from_config
+
+    def from_config(sub_config, *args, **kwargs):
+        if isinstance(sub_config, Gemma3nVisionConfig):
+            return torch.nn.Linear(2, 2)
+        return build(sub_config, *args, **kwargs)
+
+    torch.manual_seed(4328)
+    with mock.patch.object(modeling_gemma3n.AutoModel, "from_config", side_effect=from_config):
+        model = Gemma3nForConditionalGeneration(config)
+    perturb_(model, seed=9)
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
+    card_extractor(TINY_GEMMA3N).save_pretrained(directory)
     return model.eval()
 
 

@@ -90,6 +90,84 @@ def voxtral_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
     return torch.cat([h[: (n - 1) // 2 + 1] for h, n in zip(hidden, valid, strict=True)])
 
 
+def phi4_multimodal_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
+    """Phi4MultimodalForCausalLM.forward with as many audio tokens as its extractor counts (audio_embed_sizes), one
+    audio as its processor sends it: the tower output the model projects, read at up_proj_for_speech's input."""
+    out = ck.card_extractor(ck.TINY_PHI4_MULTIMODAL)([wav], sampling_rate=16000, return_tensors="pt")
+    tokens = int(out["audio_embed_sizes"][0])
+    embed = model.model.embed_tokens_extend.audio_embed
+    captured = {}
+    hook = embed.up_proj_for_speech.register_forward_hook(lambda m, args, out: captured.update(x=args[0]))
+    try:
+        model(input_ids=torch.full((1, tokens), ck.TINY_AUDIO_TOKEN), audio_input_features=out["audio_input_features"],
+              audio_embed_sizes=out["audio_embed_sizes"])  # fmt: skip
+    finally:
+        hook.remove()
+    return captured["x"][0, :tokens]
+
+
+def granite_speech_lm_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
+    """GraniteSpeechForConditionalGeneration.forward on one audio as its processor prepares it, with as many audio
+    tokens as the processor counts (input_features_mask): the projector rows the model scatters into the LM input."""
+    out = ck.card_extractor(ck.TINY_GRANITE_SPEECH)([torch.from_numpy(wav)])
+    tokens = int(out["input_features_mask"].sum())
+    captured = {}
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda m, args, kwargs: captured.update(x=kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    try:
+        model(  # HF raises if tokens and rows disagree
+            input_ids=torch.full((1, tokens), ck.TINY_AUDIO_TOKEN),
+            input_features=out["input_features"],
+            input_features_mask=out["input_features_mask"],
+        )
+    finally:
+        hook.remove()
+    return captured["x"][0]
+
+
+def qwen3_asr_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
+    """Qwen3ASRForConditionalGeneration.get_audio_features on its processor's features (padding=True, the clip
+    alone): the tower's rows, read before the projector."""
+    features, mask = extractor_output(ck.TINY_QWEN3_ASR, wav, padding=True, truncation=False)
+    return model.get_audio_features(features, mask).last_hidden_state
+
+
+def processor_windows(card: str, wav: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Audio Flamingo 3 / GLM-ASR processors' audio path: the waveform cut into 30 s pieces, each extracted
+    with max_length padding -> ``[K, n_mels, 3000]`` features and ``[K, 3000]`` masks."""
+    pieces = [wav[start : start + 480000] for start in range(0, len(wav), 480000)]
+    out = ck.card_extractor(card)(pieces, sampling_rate=16000, return_attention_mask=True, return_tensors="pt")
+    return out["input_features"], out["attention_mask"]
+
+
+def audioflamingo3_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
+    """AudioFlamingo3ForConditionalGeneration.get_audio_features per window, rows by its tower's length helper."""
+    features, mask = processor_windows(ck.TINY_AUDIOFLAMINGO3, wav)
+    hidden = model.get_audio_features(features, mask).last_hidden_state  # [K, 750, d]
+    _, rows = model.model.audio_tower._get_feat_extract_output_lengths(mask.sum(-1))
+    return torch.cat([h[:n] for h, n in zip(hidden, rows.tolist(), strict=True)])
+
+
+def glmasr_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
+    """GlmAsrForConditionalGeneration.get_audio_features per window, each cut to its conv rows."""
+    features, mask = processor_windows(ck.TINY_GLMASR, wav)
+    hidden = model.get_audio_features(features, mask).last_hidden_state  # [K, 1500, d]
+    rows = (mask.sum(-1) - 1) // 2 + 1  # conv1 (stride 1) then conv2 (stride 2), as get_audio_features counts
+    return torch.cat([h[:n] for h, n in zip(hidden, rows.tolist(), strict=True)])
+
+
+def gemma3n_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
+    """Gemma3nForConditionalGeneration.forward on the extractor's output as Gemma3nProcessor calls it, with its 188
+    audio soft tokens: the audio tower's rows the model scatters into the LM (before embed_audio), where its own
+    audio_mel_mask marks them valid."""
+    out = ck.card_extractor(ck.TINY_GEMMA3N)(wav, return_tensors="pt")
+    ids = torch.full((1, model.config.audio_soft_tokens_per_image), model.config.audio_token_id)
+    audio = model(input_ids=ids, input_features=out["input_features"],
+                  input_features_mask=out["input_features_mask"]).audio_outputs  # fmt: skip
+    return audio.last_hidden_state[~audio.audio_mel_mask]
+
+
 WINDOW_LENGTHS = (3000, 100, 3500)  # a full window, a short clip (one window), a 35 s clip (two)
 FAMILY_CASES = (
     FamilyCase("qwen2_5_omni", ck.TINY_QWEN_OMNI, "tiny_qwen_omni", ck.save_tiny_qwen2_5_omni,
@@ -102,4 +180,16 @@ FAMILY_CASES = (
                WINDOW_LENGTHS),
     FamilyCase("voxtral", ck.TINY_VOXTRAL, "tiny_voxtral", ck.save_tiny_voxtral, "model.audio_tower", voxtral_rows,
                WINDOW_LENGTHS),
+    FamilyCase("qwen3_asr", ck.TINY_QWEN3_ASR, "tiny_qwen3_asr", ck.save_tiny_qwen3_asr, "model.audio_tower",
+               qwen3_asr_rows, (37, 200, 250, 1013)),
+    FamilyCase("audioflamingo3", ck.TINY_AUDIOFLAMINGO3, "tiny_audioflamingo3", ck.save_tiny_audioflamingo3,
+               "model.audio_tower", audioflamingo3_rows, WINDOW_LENGTHS),
+    FamilyCase("glmasr", ck.TINY_GLMASR, "tiny_glmasr", ck.save_tiny_glmasr, "model.audio_tower", glmasr_rows,
+               WINDOW_LENGTHS),
+    FamilyCase("phi4_multimodal", ck.TINY_PHI4_MULTIMODAL, "tiny_phi4_multimodal", ck.save_tiny_phi4_multimodal,
+               "model.embed_tokens_extend.audio_embed.encoder", phi4_multimodal_rows, (37, 200, 4100)),
+    FamilyCase("granite_speech", ck.TINY_GRANITE_SPEECH, "tiny_granite_speech", ck.save_tiny_granite_speech,
+               "model.audio_tower", granite_speech_lm_rows, (40, 120, 400)),
+    FamilyCase("gemma3n", ck.TINY_GEMMA3N, "tiny_gemma3n", ck.save_tiny_gemma3n, "model.audio_tower", gemma3n_rows,
+               (37, 200, 1013, 2997)),
 )  # fmt: skip

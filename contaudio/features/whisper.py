@@ -1,4 +1,4 @@
-"""Whisper-compatible log-mel features computed on the clip's own length.
+"""Whisper-compatible log-mel features computed on the clip's own length (the Whisper featurizer).
 
 HF's ``WhisperFeatureExtractor`` (which Qwen's processors use) zero-pads every
 clip to ``n_samples`` (300 s for Qwen2.5-Omni) before its STFT. The valid frames
@@ -11,35 +11,49 @@ clip (frames of pure padding sit at the floor and never hold the maximum).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
 
-from contaudio.lengths import mel_frames
+from contaudio.features.base import EXTRACTOR_TYPE_KEY, Featurizer, register_featurizer
+from contaudio.lengths import IntOrTensor, mel_frames
 
 LOG_FLOOR = 1e-10  # power floor before log10, as in Whisper
 DYNAMIC_RANGE = 8.0  # log10 units kept below the clip's maximum (80 dB)
 LOG_OFFSET = 4.0  # Whisper's affine rescale: (log_spec + 4) / 4
 LOG_SCALE = 4.0
 WHISPER_MEL_FMAX = 8000.0  # the extractor's fixed upper mel edge (Hz)
+BUGGY_DYNAMIC_RANGE = 7.0  # with_known_bug: a 70 dB clamp instead of 80 dB
 
 
+@register_featurizer
 @dataclass(frozen=True)
-class FeatureConfig:
-    """The parts of a ``preprocessor_config.json`` that define the features."""
+class FeatureConfig(Featurizer):
+    """Whisper's log-mel (``WhisperFeatureExtractor``): the parts of a ``preprocessor_config.json`` that define it.
 
+    Two fields are not settings of HF's extractor and are never read from or written to a config:
+    ``dynamic_range`` (always 80 dB in HF; :meth:`with_known_bug` changes it) and
+    ``waveform_window_s``: when > 0, the waveform is cut into pieces of that many seconds and
+    each piece gets its own log-mel (its own clamp, its own zero-padded end), concatenated, as
+    the Audio Flamingo 3 and GLM-ASR processors cut a clip into 30 s windows before extracting.
+    The frame count is unchanged when a piece is a whole number of hops (30 s is 3000).
+    """
+
+    extractor_type: ClassVar[str] = "WhisperFeatureExtractor"
     sampling_rate: int = 16000
     feature_size: int = 128  # n_mels
     n_fft: int = 400
-    hop_length: int = 160
+    hop_length: int = 160  # type: ignore[assignment]  (a field here, a property in the base)
     chunk_length: int = 30  # seconds the HF extractor pads every clip to
     padding_value: float = 0.0
     dither: float = 0.0
+    dynamic_range: float = field(default=DYNAMIC_RANGE, repr=False)
+    waveform_window_s: int = 0
 
     @property
     def n_mels(self) -> int:
@@ -55,24 +69,57 @@ class FeatureConfig:
         """Frames the HF extractor returns: ``n_samples // hop_length`` (30000 for 300 s)."""
         return self.n_samples // self.hop_length
 
+    def frames(self, num_samples: IntOrTensor) -> IntOrTensor:
+        """``ceil(N / hop)``: the frames the extractor's attention mask marks valid with max_length padding."""
+        return mel_frames(num_samples, self.hop_length)
+
+    def compute(self, wav: torch.Tensor) -> torch.Tensor:
+        if self.waveform_window_s:
+            return torch.cat(self.compute_batch(list(self.waveform_pieces(wav))))
+        return log_mel(wav, self)
+
+    def compute_batch(self, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Batched STFTs (:func:`log_mel_batch`): equal to :meth:`compute` per clip within :data:`BATCHED_ATOL`."""
+        if not self.waveform_window_s:
+            return log_mel_batch(wavs, self)
+        pieces = [self.waveform_pieces(wav) for wav in wavs]
+        mels = iter(log_mel_batch([piece for clip in pieces for piece in clip], replace(self, waveform_window_s=0)))
+        return [torch.cat([next(mels) for _ in clip]) for clip in pieces]
+
+    def waveform_pieces(self, wav: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The clip cut into consecutive ``waveform_window_s`` pieces (the last shorter), as the processor cuts it."""
+        wav = torch.as_tensor(wav, dtype=torch.float32)
+        return wav.split(self.waveform_window_s * self.sampling_rate) if wav.shape[0] else (wav,)
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FeatureConfig:
         """Build from a ``preprocessor_config.json`` dict, ignoring unrelated keys."""
-        kind = raw.get("feature_extractor_type", "WhisperFeatureExtractor")
-        if kind != "WhisperFeatureExtractor":
-            raise ValueError(f"unsupported feature extractor {kind!r}; only WhisperFeatureExtractor is implemented")
-        known = {k: raw[k] for k in asdict(cls()) if k in raw}
-        cfg = cls(**known)
+        kind = raw.get(EXTRACTOR_TYPE_KEY, cls.extractor_type)
+        if kind != cls.extractor_type:
+            raise ValueError(f"{kind!r} is not {cls.extractor_type}; use contaudio.features.featurizer_from_dict")
+        cfg = cls(**{k: raw[k] for k in cls.hf_keys() if k in raw})
         if cfg.dither != 0.0:
             raise ValueError(f"dither={cfg.dither} makes features random; contaudio supports dither=0.0 only")
         return cfg
 
+    @classmethod
+    def hf_keys(cls) -> tuple[str, ...]:
+        """The fields that are settings of HF's extractor."""
+        return tuple(k for k in asdict(cls()) if k not in ("dynamic_range", "waveform_window_s"))
+
+    def hf_settings(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k in self.hf_keys()}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"feature_extractor_type": "WhisperFeatureExtractor", **asdict(self)}
+        return {EXTRACTOR_TYPE_KEY: self.extractor_type, **self.hf_settings()}
 
     def hf_extractor(self) -> WhisperFeatureExtractor:
         """HF's own extractor configured like this (the reference that :func:`log_mel` matches)."""
-        return WhisperFeatureExtractor(**asdict(self))
+        return WhisperFeatureExtractor(**self.hf_settings())
+
+    def with_known_bug(self) -> FeatureConfig:
+        """The clamp keeps 70 dB below the clip's peak instead of 80 dB."""
+        return replace(self, dynamic_range=BUGGY_DYNAMIC_RANGE)
 
 
 @lru_cache(maxsize=8)
@@ -152,7 +199,7 @@ def log_mel(wav: np.ndarray | torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
         )  # [n_freq, stop - start]
         torch.matmul(power_spectrum(spec).T, mel_filters(cfg), out=log_spec[start:stop])
     log_spec = log_spec.clamp_(min=LOG_FLOOR).log10_()
-    log_spec = log_spec.clamp_(min=float(log_spec.max()) - DYNAMIC_RANGE)
+    log_spec = log_spec.clamp_(min=float(log_spec.max()) - cfg.dynamic_range)
     return log_spec[: mel_frames(num_samples, cfg.hop_length)].add_(LOG_OFFSET).div_(LOG_SCALE)
 
 
@@ -217,7 +264,7 @@ def log_mel_block(clips: list[torch.Tensor], cfg: FeatureConfig) -> list[torch.T
     log_spec = (power.transpose(1, 2) @ mel_filters(cfg)).clamp_(min=LOG_FLOOR).log10_()  # [B, max_seen, n_mels]
     past_seen = torch.arange(log_spec.shape[1]) >= seen[:, None]  # [B, max_seen]
     peak = log_spec.amax(dim=2).masked_fill_(past_seen, -torch.inf).amax(dim=1)  # [B]
-    log_spec = log_spec.clamp_(min=(peak - DYNAMIC_RANGE)[:, None, None]).add_(LOG_OFFSET).div_(LOG_SCALE)
+    log_spec = log_spec.clamp_(min=(peak - cfg.dynamic_range)[:, None, None]).add_(LOG_OFFSET).div_(LOG_SCALE)
     return [log_spec[row, : mel_frames(n, cfg.hop_length)].clone() for row, n in enumerate(lengths)]
 
 

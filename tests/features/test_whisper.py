@@ -9,7 +9,7 @@ from helpers.checkpoints import card_extractor
 from transformers import WhisperFeatureExtractor
 
 from contaudio.encoders import all_cards, get_family
-from contaudio.features import FeatureConfig, frames_seen, log_mel, mel_filters
+from contaudio.features import FeatureConfig, featurizer_from_dict, frames_seen, log_mel, mel_filters
 from contaudio.lengths import mel_frames
 
 QWEN_CFG = FeatureConfig(chunk_length=300)
@@ -76,19 +76,39 @@ def test_from_dict_reads_preprocessor_config(extractor) -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"feature_extractor_type": "Wav2Vec2FeatureExtractor"}, "only WhisperFeatureExtractor"),
+        ({"feature_extractor_type": "Wav2Vec2FeatureExtractor"}, "unsupported feature extractor"),
         ({"feature_extractor_type": "WhisperFeatureExtractor", "dither": 1e-4}, "dither"),
     ],
 )
 def test_from_dict_rejects_what_it_cannot_reproduce(raw: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        FeatureConfig.from_dict(raw)
+        featurizer_from_dict(raw)
+
+
+def test_a_config_without_extractor_type_is_whispers(extractor) -> None:
+    raw = {k: v for k, v in extractor.to_dict().items() if k != "feature_extractor_type"}
+    assert featurizer_from_dict(raw) == QWEN_CFG
+
+
+def test_known_bug_is_the_70_db_clamp_and_changes_loud_clips(rng) -> None:
+    buggy = QWEN_CFG.with_known_bug()
+    assert buggy.dynamic_range == 7.0 and buggy.to_dict() == QWEN_CFG.to_dict()
+    wav = noise(rng, 16000) * np.exp(-np.linspace(0, 30, 16000)).astype(np.float32)  # decays by > 100 dB
+    assert float((log_mel(wav, buggy) - log_mel(wav, QWEN_CFG)).abs().max()) > 0.1
+
+
+WHISPER_CARDS = sorted(
+    name
+    for name, card in all_cards().items()
+    if card.feature_extractor.get("feature_extractor_type", FeatureConfig.extractor_type)
+    == FeatureConfig.extractor_type
+)
 
 
 CARD_SIZES = [1, 2, 159, 160, 161, 399, 400, 401, 16000, 16001, 112123]  # + the last samples of the padding
 
 
-@pytest.mark.parametrize("card", sorted(all_cards()))
+@pytest.mark.parametrize("card", WHISPER_CARDS)
 def test_every_cards_features_match_its_own_extractor(rng, card: str) -> None:
     """Each shipped card's preprocessor config through HF's extractor vs our actual-length log-mel,
     up to the end of the extractor's padding (30 s for the window families, 300 s for Qwen-Omni)."""

@@ -1,0 +1,100 @@
+"""Audio Flamingo 3 audio tower (``model.audio_tower.*`` of nvidia/audio-flamingo-3-hf).
+
+A Whisper-large-v3 encoder with Qwen2-Audio's tail: one 30 s window (3000 frames, 128 mels) ->
+conv1, conv2 (stride 2) -> 1500 rows, padded rows masked out of attention, a stride-2 average
+pool and a layer norm -> 750 rows of ``d_model`` (1280). So a window holding ``M`` frames gives
+``((M - 1) // 2 + 1) // 2`` rows (:func:`~contaudio.encoders.qwen2_audio.qwen2_audio_window_rows`).
+
+Long audio: AudioFlamingo3Processor cuts the *waveform* into consecutive 30 s pieces, extracts each
+one on its own (its own clamp, zero-padded to 30 s) and encodes them as windows, up to
+``max_audio_len`` = 600 s (20 windows); it truncates the rest with a log line. contaudio cuts the
+same way (the featurizer's ``waveform_window_s``, each window's padding at its own silence level),
+encodes every window (``long_clip="windows"``; the default ``"raise"`` refuses clips > 30 s), and
+refuses clips over 600 s instead of cutting them.
+
+Returns: the tower's pooled rows that hold the clip (25 Hz, ``d_model`` wide, before the projector),
+window after window: ``750 * (M // 3000) + ((M % 3000 - 1) // 2 + 1) // 2`` rows, which is also the
+processor's own token count (it counts on the summed frames; 3000-frame windows make both agree).
+Oracle: the processor's cut and HF's extractor per piece, then ``AudioFlamingo3Model.get_audio_features``
+on our tower (its projector set aside: ``last_hidden_state``), rows by the tower's own
+``_get_feat_extract_output_lengths``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import ClassVar
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, WhisperFeatureExtractor
+from transformers.models.audioflamingo3.configuration_audioflamingo3 import AudioFlamingo3EncoderConfig
+from transformers.models.audioflamingo3.modeling_audioflamingo3 import AudioFlamingo3Encoder, AudioFlamingo3Model
+
+from contaudio.encoders.oracle import ProjectorFreeHost, select_rows
+from contaudio.encoders.qwen2_audio import qwen2_audio_rows, qwen2_audio_window_rows
+from contaudio.encoders.registry import register
+from contaudio.encoders.windows import (
+    WINDOW_FRAMES,
+    WindowFamily,
+    check_window,
+    extract_per_window,
+    hf_windows,
+    split_into_windows,
+)
+from contaudio.features import FeatureConfig, Featurizer
+
+MAX_AUDIO_S = 600  # AudioFlamingo3Processor(max_audio_len=600): 20 windows of 30 s
+AUDIO_FLAMINGO3_FEATURES = FeatureConfig(feature_size=128, chunk_length=30, waveform_window_s=30)
+
+
+def frame_mask(frames: torch.Tensor, width: int) -> torch.Tensor:
+    """The feature mask a processor gives ``[K]`` windows of ``width`` frames holding ``frames`` real ones."""
+    return (torch.arange(width, device=frames.device) < frames[:, None]).long()
+
+
+def audio_flamingo3_forward(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The tower on each clip's 30 s windows, each padded with its own silence level and masked: ``[rows, d]``."""
+    check_window(encoder)
+    windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES, silence_per_window=True)  # [K, 3000, n_mels]
+    hidden = encoder(windows.transpose(1, 2), input_features_mask=frame_mask(frames, WINDOW_FRAMES))
+    return select_rows(hidden.last_hidden_state, qwen2_audio_window_rows(frames))
+
+
+@register
+class AudioFlamingo3(WindowFamily):
+    name = "audioflamingo3"
+    config_paths: ClassVar[dict[str, tuple[str, ...]]] = {
+        "audioflamingo3": ("audio_config",),
+        "audioflamingo3_encoder": (),
+    }
+    weight_prefixes = ("model.audio_tower.", "audio_tower.", "")
+    encoder_class = AudioFlamingo3Encoder
+    config_class = AudioFlamingo3EncoderConfig
+    default_features = AUDIO_FLAMINGO3_FEATURES
+    max_frames = MAX_AUDIO_S * WINDOW_FRAMES // 30
+    returns = "audio tower rows holding the clip (pooled to 25 Hz, d_model wide, before the projector), per 30 s window"
+    oracle_path = (
+        "AudioFlamingo3Processor's 30 s waveform cut, WhisperFeatureExtractor per piece -> "
+        "AudioFlamingo3Model.get_audio_features(...).last_hidden_state, rows by _get_feat_extract_output_lengths"
+    )
+
+    rows = staticmethod(qwen2_audio_rows)
+
+    def adapt_features(self, features: Featurizer) -> Featurizer:
+        """The processor extracts each 30 s piece of the waveform on its own."""
+        if not isinstance(features, FeatureConfig):
+            raise ValueError(f"{self.name} needs WhisperFeatureExtractor features, got {type(features).__name__}")
+        return replace(features, waveform_window_s=features.chunk_length)
+
+    def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return audio_flamingo3_forward(encoder, mel, lengths)
+
+    def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
+        return extract_per_window(extractor, wav)
+
+    def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        windows, window_frames = hf_windows(input_features, frames, WINDOW_FRAMES)
+        mask = frame_mask(window_frames, WINDOW_FRAMES)
+        hidden = AudioFlamingo3Model.get_audio_features(ProjectorFreeHost(encoder), windows, mask).last_hidden_state
+        return select_rows(hidden, encoder._get_feat_extract_output_lengths(window_frames)[1])

@@ -1,0 +1,101 @@
+"""``python -m contaudio extract`` and ``extract-index``: the plain command line over :func:`run_extract`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from contaudio.dtypes import DTYPES
+from contaudio.extract.manifests import MANIFEST_FORMATS, read_manifest
+from contaudio.extract.ranks import resolve_rank
+from contaudio.extract.run import MODES, STORE_SAME, ExtractOptions, run_extract
+from contaudio.extract.shards import finished_shards, merge_parts, write_index
+
+log = logging.getLogger(__name__)
+
+LENGTH_PARTS = ("lengths", "lengths_espnet", "errors")  # per-rank files extract-index concatenates
+
+EXTRACT_EPILOG = """\
+inputs: a Lhotse CutSet/RecordingSet (*.jsonl.gz), a Kaldi wav.scp or data folder (+ segments), a JSONL of
+{"id", "path"[, "start", "end"]}, a folder of audio files or a glob pattern ('corpus/**/*.flac').
+outputs in --out: lengths mode: lengths.jsonl (id, samples at the model rate, mel_frames, rows, duration_s)
+and with --espnet lengths_espnet.jsonl, one {"<id>": rows} per line. ESPnet's length-stats step counts
+1 (<bos>) + sum over the example's messages of (3 + find_length(message)): an example made of one audio
+message is rows + 4 (--espnet-offset 4); text messages add their tokens, which only ESPnet knows.
+features mode: shard-r<rank>-<n>.safetensors (one [rows, D] tensor per clip), index.jsonl, meta.json;
+read them with contaudio.FeatureStore(out). Both: errors.jsonl (clips that could not be read) and
+summary.json. A rerun skips finished shards; another configuration is refused unless --overwrite or
+--allow-mixed. Ranks: torchrun (RANK/WORLD_SIZE, one GPU each via LOCAL_RANK), a SLURM array
+(SLURM_ARRAY_TASK_ID/COUNT) or --rank/--world-size; then `extract-index OUT` rebuilds one index.
+"""
+
+
+def add_extract_commands(sub: argparse._SubParsersAction, add_encoder_arguments: Callable) -> None:
+    """Register ``extract`` (with the encoder arguments of ``encode``) and ``extract-index``."""
+    ext = sub.add_parser("extract", help="lengths or features for a whole manifest, resumable, sharded",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXTRACT_EPILOG)  # fmt: skip
+    ext.add_argument("input", help="manifest, wav.scp, Kaldi/ESPnet data folder, JSONL, audio folder or glob")
+    ext.add_argument("--out", type=Path, required=True, help="output folder (shared by every rank)")
+    ext.add_argument("--mode", choices=MODES, default="features", help="lengths (no encoder) or features")
+    ext.add_argument("--format", choices=MANIFEST_FORMATS, default="auto", help="manifest format (default: by name)")
+    ext.add_argument("--segments", help="Kaldi segments file (default: the one beside wav.scp, if any)")
+    add_encoder_arguments(ext)
+    ext.add_argument("--max-duration", type=float, default=None, help="clips longer than this (s) go to errors.jsonl")
+    ext.add_argument("--seed", type=int, default=0, help="seed of random weights and of --verify's sample")
+    ext.add_argument("--workers", type=int, default=2, help="data-loader workers (0: in this process)")
+    ext.add_argument("--max-frames", type=int, default=48_000, help="padded mel frames per batch (clips x longest)")
+    ext.add_argument("--max-clips", type=int, default=64, help="clips per batch")
+    ext.add_argument("--shard-mb", type=float, default=512.0, help="target shard size in MiB")
+    ext.add_argument("--store-dtype", choices=[STORE_SAME, *DTYPES], default=STORE_SAME,
+                     help="dtype of the stored features (same: the compute dtype)")  # fmt: skip
+    ext.add_argument("--overwrite", action="store_true", help="replace features of another configuration in --out")
+    ext.add_argument("--allow-mixed", action="store_true", help="add beside features of another configuration")
+    ext.add_argument("--verify", type=int, default=0, metavar="N",
+                     help="re-encode N random clips and compare; check every stored row count")  # fmt: skip
+    ext.add_argument("--decode-lengths", action="store_true", help="count samples by decoding, not from headers")
+    ext.add_argument("--espnet", action="store_true", help="also write ESPnet's {id: int} lengths")
+    ext.add_argument("--espnet-offset", type=int, default=0, help="added to each ESPnet length (see below)")
+    ext.add_argument("--rank", type=int, default=None, help="this job's slice (default: torchrun/SLURM env)")
+    ext.add_argument("--world-size", type=int, default=None, help="number of slices")
+    ext.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ext.set_defaults(func=extract)
+    idx = sub.add_parser("extract-index", help="rebuild index.jsonl (and lengths.jsonl) after many ranks")
+    idx.add_argument("folders", nargs="+", type=Path, help="extract output folders")
+    idx.add_argument("--into", type=Path, default=None, help="write one index over every folder here")
+    idx.set_defaults(func=extract_index)
+
+
+def extract(args: argparse.Namespace) -> None:
+    clips = read_manifest(args.input, args.format, args.segments)
+    options = ExtractOptions(
+        out=args.out, mode=args.mode, workers=args.workers, max_frames=args.max_frames, max_clips=args.max_clips,
+        shard_mb=args.shard_mb, store_dtype=args.store_dtype, overwrite=args.overwrite, allow_mixed=args.allow_mixed,
+        verify=args.verify, seed=args.seed, decode_lengths=args.decode_lengths, espnet=args.espnet,
+        espnet_offset=args.espnet_offset, progress=not args.no_progress,
+    )  # fmt: skip
+    io_kwargs = {
+        "encoder_hf_model_tag": args.tag, "weights": args.weights, "dtype": args.dtype, "device": args.device,
+        "attn_implementation": args.attn, "long_clip": args.long_clip, "max_duration_s": args.max_duration,
+        "seed": args.seed,
+    }  # fmt: skip
+    rank = resolve_rank(os.environ, args.rank, args.world_size)
+    summary = run_extract(clips, io_kwargs, options, rank)
+    print(json.dumps(summary, indent=2))
+    if summary.get("passed") is False:
+        report = summary["verify"]
+        raise SystemExit(f"verify failed: {report['failed']} problem(s), e.g. {report['failures'][:3]}")
+
+
+def extract_index(args: argparse.Namespace) -> None:
+    if args.into is None and len(args.folders) > 1:
+        raise SystemExit("several folders: say where their common index goes with --into")
+    for folder in args.folders:
+        for stem in LENGTH_PARTS:
+            if (merged := merge_parts(folder, stem)) is not None:
+                print(f"wrote {merged}")
+    if any(finished_shards(folder) for folder in args.folders):
+        print(f"wrote {write_index(args.folders, args.into or args.folders[0])}")

@@ -1,0 +1,436 @@
+"""One extract job: this rank's slice of a manifest -> lengths JSONL, or feature shards + index.
+
+lengths: file headers in data-loader workers -> ``find_length`` (no encoder, no decoding where the
+header gives the length) -> ``lengths.jsonl`` (+ ESPnet's ``{id: int}`` form on request).
+
+features: headers -> batches by length under a frame budget -> data-loader workers decode and
+``preprocess`` each batch on ``copy_for_worker()`` copies -> ``encode_batch`` under
+``inference_mode`` in this process -> a writer thread publishes each shard atomically. Clips in
+finished shards are skipped, so a rerun redoes only the shard that was open when the job died.
+Clips that cannot be read go to ``errors.jsonl`` and the job goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import contaudio
+from contaudio.collate import collate_mels
+from contaudio.dtypes import DTYPES, dtype_name
+from contaudio.extract.batching import group_shards, padding_fraction, plan_batches
+from contaudio.extract.manifests import Clip
+from contaudio.extract.probe import ClipError, ClipLength, error_record, load, probe
+from contaudio.extract.progress import AudioProgress
+from contaudio.extract.ranks import RankInfo, device_for_rank, rank_slice, resolve_rank
+from contaudio.extract.shards import (
+    ShardWriter,
+    done_ids,
+    next_seq,
+    part_suffix,
+    prepare_output,
+    remove_temporary,
+    shard_name,
+    write_index,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
+from contaudio.extract.store import FeatureStore
+from contaudio.extract.verify import verify_store
+from contaudio.io import ContinuousAudioIO
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["lengths", "features"]
+MODES = ("lengths", "features")
+STORE_SAME = "same"  # store features in the compute dtype
+PROBE_CHUNK = 128  # clips per data-loader item when reading headers (amortises the worker round trip)
+BYTES_PER_MIB = 2**20
+# ru_maxrss is KiB on Linux, bytes on macOS
+MAXRSS_TO_MIB = 1 / 1024 if sys.platform != "darwin" else 1 / BYTES_PER_MIB
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How one extract job runs (the encoder and audio policy are the ``ContinuousAudioIO``'s).
+
+    out: output folder (shared by every rank). mode: "lengths" or "features". workers: data-loader
+    workers (0: this process). max_frames: padded mel frames per batch (clips x longest);
+    max_clips: clips per batch. shard_mb: target shard size. store_dtype: "same" (the compute
+    dtype), "bfloat16"/"bf16" or "float32"/"fp32". overwrite: replace an output of another
+    configuration; allow_mixed: add beside it. verify: clips to re-encode and compare after the run
+    (every stored row count is checked whenever verify > 0). decode_lengths: count samples by
+    decoding, not from headers. espnet: also write ESPnet's ``{id: int}`` lengths, each plus
+    ``espnet_offset``. progress: a progress bar (a log line every 30 s without a terminal).
+    """
+
+    out: Path
+    mode: Mode = "features"
+    workers: int = 2
+    max_frames: int = 48_000
+    max_clips: int = 64
+    shard_mb: float = 512.0
+    store_dtype: str = STORE_SAME
+    overwrite: bool = False
+    allow_mixed: bool = False
+    verify: int = 0
+    seed: int = 0
+    decode_lengths: bool = False
+    espnet: bool = False
+    espnet_offset: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.store_dtype != STORE_SAME and self.store_dtype not in DTYPES:
+            names = ", ".join(DTYPES)
+            raise ValueError(f"store_dtype must be {STORE_SAME!r} or one of {names}, got {self.store_dtype!r}")
+        if self.workers < 0 or self.verify < 0 or self.shard_mb <= 0:
+            raise ValueError(f"workers and verify must be >= 0 and shard_mb > 0, got {self.workers}, {self.verify}, "
+                             f"{self.shard_mb}")  # fmt: skip
+        if self.verify and self.mode != "features":
+            raise ValueError("verify re-encodes stored features: it needs mode='features'")
+
+
+def store_dtype(name: str, compute: torch.dtype) -> torch.dtype:
+    """The dtype features are stored in: the compute dtype for ``"same"``."""
+    return compute if name == STORE_SAME else DTYPES[name]
+
+
+def feature_config(io: ContinuousAudioIO, io_kwargs: dict[str, Any], stored: torch.dtype) -> dict[str, Any]:
+    """What decides the stored values (hashed into ``config_hash``): encoder, weights, dtypes, features, audio policy.
+
+    Not the device or the attention kernel: they change values only within the dtype's tolerance.
+    """
+    weights = io_kwargs.get("weights", "pretrained")
+    return {
+        "tag": io.source.tag, "family": io.family.name, "weights": weights, "revision": io_kwargs.get("revision"),
+        "seed": None if weights == "pretrained" else io_kwargs.get("seed", 0),
+        "compute_dtype": dtype_name(io.torch_dtype), "store_dtype": dtype_name(stored), "dim": io.feature_dim(),
+        "sample_rate": io.sample_rate, "hop_length": io.features.hop_length, "n_mels": io.n_mels,
+        "resample": io.policy.resample, "multichannel": io.policy.multichannel, "normalize": io.policy.normalize,
+        "max_duration_s": io.policy.max_duration_s, "long_clip": io.long_clip,
+    }  # fmt: skip
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * MAXRSS_TO_MIB
+
+
+def one_thread(_: int) -> None:
+    """Data-loader worker init: preprocess is per clip and must not fight the encoder for cores."""
+    torch.set_num_threads(1)
+
+
+class ErrorLog:
+    """``errors.jsonl`` of this run (rewritten: a rerun tries every failed clip again)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self.by_stage: dict[str, int] = {}
+        self._handle = open(path, "w", encoding="utf-8")  # noqa: SIM115  (closed in close())
+
+    def extend(self, records: Sequence[dict[str, Any]]) -> None:
+        for record in records:
+            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.count += 1
+            self.by_stage[record["stage"]] = self.by_stage.get(record["stage"], 0) + 1
+        if records:
+            self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+        if self.count:
+            log.warning("%d clip(s) could not be used (%s): see %s", self.count,
+                        ", ".join(f"{k}: {v}" for k, v in sorted(self.by_stage.items())), self.path)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- data-loader datasets
+
+
+class ProbeChunks(Dataset):
+    """Item k: the lengths (or error records) of clips ``k*chunk .. (k+1)*chunk``, from their headers."""
+
+    def __init__(self, io: ContinuousAudioIO, clips: Sequence[Clip], decode: bool, chunk: int = PROBE_CHUNK) -> None:
+        self.io, self.clips, self.decode, self.chunk = io, clips, decode, chunk
+
+    def __len__(self) -> int:
+        return -(-len(self.clips) // self.chunk)
+
+    def __getitem__(self, index: int) -> list[ClipLength | dict[str, Any]]:
+        results: list[ClipLength | dict[str, Any]] = []
+        for clip in self.clips[index * self.chunk : (index + 1) * self.chunk]:
+            try:
+                results.append(probe(clip, self.io, self.decode))
+            except Exception as err:  # anything a file can do wrong: recorded, the job goes on
+                results.append(error_record(clip, err))
+        return results
+
+
+class BatchData(Dataset):
+    """Item b: planned batch b decoded, preprocessed and padded: ``{batch, indices, mel, lengths, empty, errors}``.
+
+    ``empty``: the clips too short for one row (nothing to encode: stored as ``[0, D]``).
+    """
+
+    def __init__(self, io: ContinuousAudioIO, todo: Sequence[tuple[Clip, ClipLength]], batches: list[list[int]]):
+        self.io, self.todo, self.batches = io, todo, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        indices, mels, empty, errors = [], [], [], []
+        for i in self.batches[index]:
+            clip, length = self.todo[i]
+            try:
+                wav, rate = load(clip, length)
+                _, (rows, mel), _ = self.io.preprocess((wav, rate))
+                if rows != length.rows:  # header and decoded audio disagree: never store what lengths did not count
+                    raise ClipError(f"preprocess gives {rows} rows, the header gave {length.rows}", stage="decode")
+            except Exception as err:
+                errors.append(error_record(clip, err, getattr(err, "stage", "decode")))
+                continue
+            if rows == 0:
+                empty.append(i)
+            else:
+                indices.append(i)
+                mels.append(mel)
+        mel, lengths = collate_mels(mels) if mels else (None, None)
+        return {"batch": index, "indices": indices, "mel": mel, "lengths": lengths, "empty": empty, "errors": errors}
+
+
+def probe_all(
+    io: ContinuousAudioIO, clips: Sequence[Clip], workers: int, decode: bool, progress: bool
+) -> tuple[list[ClipLength | None], list[dict[str, Any]]]:
+    """Lengths of every clip in order (None where it failed) and the error records."""
+    loader = DataLoader(ProbeChunks(io.copy_for_worker(), clips, decode), batch_size=None, num_workers=workers,
+                        worker_init_fn=one_thread if workers else None)  # fmt: skip
+    lengths: list[ClipLength | None] = []
+    errors: list[dict[str, Any]] = []
+    bar = tqdm(total=len(clips), desc="lengths", unit="clip", disable=not (progress and sys.stderr.isatty()))
+    for chunk in loader:
+        for result in chunk:
+            if isinstance(result, ClipLength):
+                lengths.append(result)
+            else:
+                lengths.append(None)
+                errors.append(result)
+        bar.update(len(chunk))
+    bar.close()
+    return lengths, errors
+
+
+# ----------------------------------------------------------------------------- the two modes
+
+
+def extract_lengths(io: ContinuousAudioIO, clips: Sequence[Clip], options: ExtractOptions, rank: RankInfo) -> dict:
+    """lengths.jsonl (+ lengths_espnet.jsonl) for this rank's clips; returns the summary."""
+    start = time.perf_counter()
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = part_suffix(rank.rank, rank.world_size)
+    mine = rank_slice(clips, rank.rank, rank.world_size)
+    errors = ErrorLog(out / f"errors{suffix}.jsonl")
+    try:
+        lengths, failed = probe_all(io, mine, options.workers, options.decode_lengths, options.progress)
+        errors.extend(failed)
+    finally:
+        errors.close()
+    found = [length for length in lengths if length is not None]
+    write_jsonl_atomic(out / f"lengths{suffix}.jsonl", (length.record() for length in found))
+    if options.espnet:
+        write_jsonl_atomic(out / f"lengths_espnet{suffix}.jsonl",
+                           ({length.id: length.rows + options.espnet_offset} for length in found))  # fmt: skip
+    wall = time.perf_counter() - start
+    audio_s = sum(length.duration_s for length in found)
+    summary = {
+        "mode": "lengths", "rank": rank.rank, "world_size": rank.world_size, "clips": len(mine),
+        "clips_ok": len(found), "errors": errors.count, "errors_by_stage": errors.by_stage,
+        "audio_hours": audio_s / 3600, "rows": sum(length.rows for length in found), "wall_s": wall,
+        "clips_per_s": len(mine) / wall if wall else None, "out": str(out),
+    }  # fmt: skip
+    write_text_atomic(out / f"summary{suffix}.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+@dataclass
+class _Timings:
+    encode_s: float = 0.0
+    wait_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run encodes: the clips not stored yet, their batches (indices into ``todo``), and per shard its
+    file name and batches (consecutive)."""
+
+    todo: list[tuple[Clip, ClipLength]]
+    batches: list[list[int]]
+    shards: list[tuple[str, list[int]]]
+
+    def padding_fraction(self) -> float:
+        return padding_fraction([[self.todo[i][1].mel_frames for i in b] for b in self.batches])
+
+
+def plan_run(
+    todo: list[tuple[Clip, ClipLength]], options: ExtractOptions, row_bytes: int, rank: int, first_seq: int
+) -> Plan:
+    """Batches by length under the frame budget, grouped into shards of about ``shard_mb``."""
+    batches = plan_batches([n.mel_frames for _, n in todo], options.max_frames, options.max_clips)
+    sizes = [sum(todo[i][1].rows for i in b) * row_bytes for b in batches]
+    groups = group_shards(sizes, int(options.shard_mb * BYTES_PER_MIB))
+    return Plan(todo, batches, [(shard_name(rank, first_seq + k), group) for k, group in enumerate(groups)])
+
+
+def extract_features(
+    io: ContinuousAudioIO, clips: Sequence[Clip], options: ExtractOptions, rank: RankInfo, config: dict[str, Any]
+) -> dict:
+    """Feature shards + index.jsonl for this rank's clips (skipping clips already in finished shards)."""
+    start = time.perf_counter()
+    out = options.out
+    stored = store_dtype(options.store_dtype, io.torch_dtype)
+    digest = prepare_output(out, config, contaudio.__version__, overwrite=options.overwrite,
+                            allow_mixed=options.allow_mixed, world_size=rank.world_size)  # fmt: skip
+    remove_temporary(out, rank.rank)
+    suffix = part_suffix(rank.rank, rank.world_size)
+    mine = rank_slice(clips, rank.rank, rank.world_size)
+    errors = ErrorLog(out / f"errors{suffix}.jsonl")
+    timings = _Timings()
+    try:
+        lengths, failed = probe_all(io, mine, options.workers, options.decode_lengths, options.progress)
+        errors.extend(failed)
+        done = done_ids(out)
+        todo = [(c, n) for c, n in zip(mine, lengths, strict=True) if n is not None and c.id not in done]
+        first_seq = next_seq((p.name for p in out.iterdir()), rank.rank)
+        plan = plan_run(todo, options, io.feature_dim() * stored.itemsize, rank.rank, first_seq)
+        log.info("%s: %d clips, %d already stored, %d to encode in %d batches and %d shards", rank.describe(),
+                 len(mine), len(mine) - len(todo) - len(failed), len(todo), len(plan.batches),
+                 len(plan.shards))  # fmt: skip
+        entry_base = {"dim": io.feature_dim(), "dtype": dtype_name(stored), "tag": io.source.tag,
+                      "family": io.family.name, "contaudio_version": contaudio.__version__,
+                      "config_hash": digest}  # fmt: skip
+        loop_start = time.perf_counter()
+        written = encode_shards(io, plan, options, stored, entry_base, errors, timings, rank.describe())
+        loop_s = time.perf_counter() - loop_start
+        write_index([out], out)
+    finally:
+        errors.close()
+    audio_s = sum(n.duration_s for _, n in todo)
+    wall = time.perf_counter() - start
+    summary = {
+        "mode": "features", "rank": rank.rank, "world_size": rank.world_size, "config_hash": digest,
+        "clips": len(mine), "clips_skipped_done": len(mine) - len(todo) - len(failed),
+        "clips_encoded": len(todo) - (errors.count - len(failed)),  # less the clips that failed while decoding
+        "errors": errors.count, "errors_by_stage": errors.by_stage, "shards_written": len(written),
+        "batches": len(plan.batches), "audio_hours": audio_s / 3600, "wall_s": wall, "loop_s": loop_s,
+        "audio_s_per_s": audio_s / wall if wall else None, "loop_audio_s_per_s": audio_s / loop_s if loop_s else None,
+        "encode_s": timings.encode_s, "encode_audio_s_per_s": audio_s / timings.encode_s if timings.encode_s else None,
+        "wait_for_data_s": timings.wait_s, "padding_fraction": plan.padding_fraction(),
+        "peak_rss_mib": peak_rss_mib(), "store_dtype": dtype_name(stored), "out": str(out),
+    }  # fmt: skip
+    if options.verify:
+        store = FeatureStore(out, allow_mixed=options.allow_mixed)
+        by_id = {c.id: c for c in mine}
+        probed = {n.id: n for n in lengths if n is not None}
+        summary["verify"] = verify_store(store, io, by_id, probed, options.verify, options.seed).summary()
+        summary["passed"] = summary["verify"]["passed"]
+    write_text_atomic(out / f"summary{suffix}.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def encode_shards(
+    io: ContinuousAudioIO,
+    plan: Plan,
+    options: ExtractOptions,
+    stored: torch.dtype,
+    entry_base: dict[str, Any],
+    errors: ErrorLog,
+    timings: _Timings,
+    desc: str,
+) -> list[Path]:
+    """The loop: batches from the workers -> encode_batch -> one shard per group of batches, to the writer."""
+    workers = options.workers
+    loader = DataLoader(BatchData(io.copy_for_worker(), plan.todo, plan.batches), batch_size=None,
+                        num_workers=workers, worker_init_fn=one_thread if workers else None,
+                        pin_memory=io.device.type == "cuda", prefetch_factor=4 if workers else None)  # fmt: skip
+    shard_after = {group[-1]: name for name, group in plan.shards}  # the batch that completes each shard
+    writer = ShardWriter(options.out)
+    progress = AudioProgress(sum(n.duration_s for _, n in plan.todo), f"features {desc}", options.progress)
+    tensors: dict[str, torch.Tensor] = {}
+    entries: list[dict[str, Any]] = []
+    try:
+        waited = time.perf_counter()
+        for item in loader:
+            timings.wait_s += time.perf_counter() - waited
+            errors.extend(item["errors"])
+            features = [torch.empty(0, io.feature_dim(), dtype=stored) for _ in item["empty"]]
+            if item["mel"] is not None:
+                began = time.perf_counter()
+                with torch.inference_mode():
+                    encoded = io.encode_batch(item["mel"], item["lengths"])
+                    features += [f.to("cpu", stored, copy=True) for f in encoded]  # own storage: one tensor per clip
+                timings.encode_s += time.perf_counter() - began
+            for i, feats in zip(item["empty"] + item["indices"], features, strict=True):
+                clip, length = plan.todo[i]
+                tensors[clip.id] = feats
+                entries.append({"id": clip.id, "key": clip.id, "rows": feats.shape[0], **entry_base,
+                                "samples": length.samples, "mel_frames": length.mel_frames,
+                                "duration_s": round(length.duration_s, 6)})  # fmt: skip
+            progress.update(sum(plan.todo[i][1].duration_s for i in plan.batches[item["batch"]]))
+            if item["batch"] in shard_after and tensors:
+                writer.submit(shard_after[item["batch"]], tensors, entries)
+                tensors, entries = {}, []
+            waited = time.perf_counter()
+    finally:
+        progress.close()
+        written = writer.close()
+    return written
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def build_io(io_kwargs: dict[str, Any], mode: Mode, rank: RankInfo) -> ContinuousAudioIO:
+    """The ``ContinuousAudioIO`` a mode needs: lengths builds no encoder and stays on the CPU; features runs on
+    this rank's GPU under torchrun (``device="cuda"`` -> ``cuda:<LOCAL_RANK>``)."""
+    if mode == "lengths":
+        return ContinuousAudioIO(**{**io_kwargs, "device": "cpu", "attn_implementation": None}, skip_init_encoder=True)
+    device = device_for_rank(io_kwargs.get("device", "cpu"), rank.local_rank)
+    return ContinuousAudioIO(**{**io_kwargs, "device": device})
+
+
+def extract_with(
+    io: ContinuousAudioIO, clips: Sequence[Clip], io_kwargs: dict[str, Any], options: ExtractOptions, rank: RankInfo
+) -> dict:
+    """Run ``options.mode`` on this rank's slice with an ``io`` built by :func:`build_io` from ``io_kwargs``."""
+    if options.mode == "lengths":
+        return extract_lengths(io, clips, options, rank)
+    config = feature_config(io, io_kwargs, store_dtype(options.store_dtype, io.torch_dtype))
+    return extract_features(io, clips, options, rank, config)
+
+
+def run_extract(
+    clips: Sequence[Clip], io_kwargs: dict[str, Any], options: ExtractOptions, rank: RankInfo | None = None
+) -> dict:
+    """Build the ``ContinuousAudioIO`` (``io_kwargs``: its arguments) and extract this rank's slice of ``clips``.
+
+    ``rank``: None reads torchrun's or a SLURM array's environment (:func:`resolve_rank`).
+    Returns the summary (also written as ``summary.json`` into ``options.out``).
+    """
+    rank = rank or resolve_rank(os.environ)
+    return extract_with(build_io(io_kwargs, options.mode, rank), clips, io_kwargs, options, rank)

@@ -1,0 +1,322 @@
+"""Feature shards on disk: names, atomic writes, the writer thread, the index, and the output folder's config.
+
+A shard is one safetensors file holding one ``[rows, D]`` tensor per clip (key = clip id) and, in
+its header metadata, the index entries of those clips. It is written under a temporary name,
+fsynced, then renamed: a shard that is visible is complete, and its entries travel with it, so
+the shards alone are the truth. ``index.jsonl`` (one entry per clip: id, shard, key, rows, D, dtype,
+encoder tag, contaudio version, config hash) is rebuilt from their headers at the end of a run
+and by :func:`write_index` (the merge step after many ranks).
+
+``meta.json`` records the configuration hash of what the folder holds; a run with another
+configuration refuses to add to it unless told to (``overwrite`` or ``allow_mixed``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+log = logging.getLogger(__name__)
+
+FORMAT = "contaudio.features/1"
+INDEX_FILE = "index.jsonl"
+META_FILE = "meta.json"
+INDEX_KEY = "contaudio.index"  # safetensors header metadata key holding the shard's index entries (JSON)
+SHARD_PATTERN = re.compile(r"^shard-r(\d{4,})-(\d{6,})\.safetensors$")
+SHARD_GLOB = "shard-r*-*.safetensors"
+TEMP_PREFIX = "."  # shards in progress are hidden: .shard-r0000-000003.safetensors.tmp-<pid>
+WRITE_QUEUE = 2  # shards waiting for the writer thread (each holds its tensors in memory)
+# files a run writes into its output folder (what overwrite=true removes; nothing else is touched)
+OWN_PATTERNS = (SHARD_GLOB, f"{TEMP_PREFIX}shard-r*.tmp-*", INDEX_FILE, META_FILE, "errors*.jsonl", "summary*.json",
+                "lengths*.jsonl")  # fmt: skip
+
+
+class OutputMismatchError(ValueError):
+    """The output folder holds features made with another configuration."""
+
+
+def shard_name(rank: int, seq: int) -> str:
+    """``shard-r<rank>-<seq>.safetensors``.
+
+    >>> shard_name(3, 12)
+    'shard-r0003-000012.safetensors'
+    """
+    return f"shard-r{rank:04d}-{seq:06d}.safetensors"
+
+
+def parse_shard_name(name: str) -> tuple[int, int] | None:
+    """``(rank, seq)`` of a shard file name, None for any other name.
+
+    >>> parse_shard_name("shard-r0003-000012.safetensors"), parse_shard_name(".shard-r0003-000012.safetensors.tmp-9")
+    ((3, 12), None)
+    """
+    match = SHARD_PATTERN.match(name)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def next_seq(names: Iterable[str], rank: int) -> int:
+    """The first shard number after every finished shard of ``rank``.
+
+    >>> next_seq(["shard-r0000-000000.safetensors", "shard-r0001-000004.safetensors", "index.jsonl"], 1)
+    5
+    """
+    seqs = [parsed[1] for name in names if (parsed := parse_shard_name(name)) and parsed[0] == rank]
+    return max(seqs, default=-1) + 1
+
+
+def part_suffix(rank: int, world_size: int) -> str:
+    """File-name suffix of one rank's lengths/errors/summary files (none for a single process).
+
+    >>> part_suffix(0, 1), part_suffix(2, 8)
+    ('', '-r0002-of-0008')
+    """
+    return "" if world_size == 1 else f"-r{rank:04d}-of-{world_size:04d}"
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """16 hex digits of the SHA-256 of ``config`` as canonical JSON (sorted keys).
+
+    >>> config_hash({"b": 1, "a": "x"}) == config_hash({"a": "x", "b": 1}) != config_hash({"a": "y", "b": 1})
+    True
+    """
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's: its entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(temporary: Path, final: Path) -> None:
+    """fsync ``temporary``, rename it to ``final`` and fsync the folder: ``final`` is whole or absent."""
+    fsync_path(temporary)
+    os.replace(temporary, final)
+    fsync_path(final.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    temporary = path.with_name(f"{TEMP_PREFIX}{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text, encoding="utf-8")
+    publish(temporary, path)
+    return path
+
+
+def write_jsonl_atomic(path: Path, records: Iterable[Mapping[str, Any]]) -> Path:
+    return write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def write_shard(directory: Path, name: str, tensors: dict[str, torch.Tensor], entries: Sequence[dict]) -> Path:
+    """Write one shard atomically: tensors (key = clip id) and their index entries in the header."""
+    temporary = directory / f"{TEMP_PREFIX}{name}.tmp-{os.getpid()}"
+    save_file(tensors, str(temporary), metadata={"format": FORMAT, INDEX_KEY: json.dumps(list(entries))})
+    final = directory / name
+    publish(temporary, final)
+    return final
+
+
+def finished_shards(directory: Path) -> list[Path]:
+    """The complete shards in ``directory`` (temporary files are never listed), in name order."""
+    return sorted(p for p in directory.glob(SHARD_GLOB) if parse_shard_name(p.name))
+
+
+def shard_entries(path: Path) -> list[dict[str, Any]]:
+    """The index entries a shard's header holds (no tensor data is read), each with its ``shard`` name."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as err:  # a file that is not a safetensors shard
+        raise ValueError(f"{path} is not a readable safetensors shard ({err}); delete it and rerun") from err
+    if metadata.get("format") != FORMAT or INDEX_KEY not in metadata:
+        raise ValueError(f"{path} is not a contaudio feature shard (no {INDEX_KEY!r} in its header)")
+    return [{**entry, "shard": path.name} for entry in json.loads(metadata[INDEX_KEY])]
+
+
+def done_ids(directory: Path) -> set[str]:
+    """Ids of every clip in a finished shard of ``directory`` (any rank)."""
+    return {entry["id"] for path in finished_shards(directory) for entry in shard_entries(path)}
+
+
+def remove_temporary(directory: Path, rank: int) -> int:
+    """Delete the half-written shards a killed run of ``rank`` left behind; return how many."""
+    stale = list(directory.glob(f"{TEMP_PREFIX}shard-r{rank:04d}-*.tmp-*"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d unfinished shard(s) of rank %d left by an earlier run", len(stale), rank)
+    return len(stale)
+
+
+def write_index(folders: Sequence[Path], into: Path) -> Path:
+    """Rebuild ``into/index.jsonl`` from the shard headers of ``folders`` (the merge step after many ranks).
+
+    Each entry's ``shard`` is relative to ``into``, so a folder (or the tree of folders) can move.
+    An id in two shards is refused.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    entries: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for folder in folders:
+        for path in finished_shards(folder):
+            relative = Path(os.path.relpath(path, into)).as_posix()
+            for entry in shard_entries(path):
+                if entry["id"] in seen:
+                    raise ValueError(f"clip {entry['id']!r} is in both {seen[entry['id']]} and {relative}")
+                seen[entry["id"]] = relative
+                entries.append({**entry, "shard": relative})
+    return write_jsonl_atomic(into / INDEX_FILE, entries)
+
+
+PART_PATTERN = "{stem}-r*-of-*.jsonl"  # one rank's lengths, ESPnet lengths or errors
+
+
+def merge_parts(folder: Path, stem: str) -> Path | None:
+    """Concatenate the ranks' ``<stem>-r*-of-*.jsonl`` files into ``<stem>.jsonl`` (None when there are none)."""
+    parts = sorted(folder.glob(PART_PATTERN.format(stem=stem)))
+    if not parts:
+        return None
+    return write_text_atomic(folder / f"{stem}.jsonl", "".join(p.read_text(encoding="utf-8") for p in parts))
+
+
+# ----------------------------------------------------------------------------- writer thread
+
+
+class ShardWriter:
+    """Writes shards on a background thread so the encoder never waits for the disk.
+
+    ``submit`` blocks only when ``WRITE_QUEUE`` shards already wait; an error in the thread is
+    raised by the next ``submit`` or by ``close``.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.written: list[Path] = []
+        self._queue: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="contaudio-shard-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.written.append(write_shard(self.directory, *job))
+                except BaseException as err:  # kept and raised in the main thread
+                    self._error = err
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"writing a shard into {self.directory} failed: {self._error}") from self._error
+
+    def submit(self, name: str, tensors: dict[str, torch.Tensor], entries: list[dict]) -> None:
+        self._raise_error()
+        self._queue.put((name, tensors, entries))
+
+    def close(self) -> list[Path]:
+        """Wait for every submitted shard; return the paths written."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_error()
+        return self.written
+
+
+# ----------------------------------------------------------------------------- output folder
+
+
+def read_meta(directory: Path) -> dict[str, Any] | None:
+    path = directory / META_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """``key: old -> new`` for every key that differs.
+
+    >>> describe_difference({"dtype": "float32", "tag": "a"}, {"dtype": "bfloat16", "tag": "a"})
+    "dtype: 'float32' -> 'bfloat16'"
+    """
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+
+
+def remove_outputs(directory: Path) -> int:
+    """Delete what extract wrote into ``directory`` (nothing else); return how many files."""
+    removed = 0
+    for pattern in OWN_PATTERNS:
+        for path in directory.glob(pattern):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def prepare_output(
+    directory: Path, config: dict[str, Any], version: str, *, overwrite: bool, allow_mixed: bool, world_size: int
+) -> str:
+    """Make ``directory`` ready for features of ``config``; return its hash.
+
+    A folder holding features of another configuration is refused with the differences and the
+    ways out; ``overwrite`` deletes what extract wrote there (single process only: ranks would
+    delete each other's shards); ``allow_mixed`` adds beside them (entries carry their hash).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = config_hash(config)
+    meta = read_meta(directory)
+    shards = finished_shards(directory)
+    if overwrite and (meta is not None or shards):
+        if world_size > 1:
+            raise OutputMismatchError(
+                f"overwrite=true with {world_size} ranks would let ranks delete each other's shards: "
+                f"delete {directory} (or choose another output folder) before starting the ranks"
+            )
+        log.warning("overwrite=true: removed %d file(s) of an earlier extract from %s", remove_outputs(directory),
+                    directory)  # fmt: skip
+        meta, shards = None, []
+    if meta is None and shards:
+        raise OutputMismatchError(
+            f"{directory} holds {len(shards)} shard(s) but no {META_FILE}: it is not an extract output folder "
+            "this run can add to; choose another output folder, or pass overwrite=true to replace them"
+        )
+    configs: dict[str, Any] = dict(meta["configs"]) if meta else {}
+    if configs and digest not in configs:
+        first_hash, first = next(iter(configs.items()))
+        if not allow_mixed:
+            raise OutputMismatchError(
+                f"{directory} holds features made with another configuration ({first_hash}; differs in: "
+                f"{describe_difference(first, config)}). Choose another output folder, pass overwrite=true to "
+                "replace them, or allow_mixed=true to add these beside them (each index entry names its config_hash)"
+            )
+        log.warning("allow_mixed=true: adding features of config %s beside %s in %s", digest, first_hash, directory)
+    if meta and meta.get("contaudio_version") != version:
+        log.warning("%s was written by contaudio %s; this is %s", directory, meta.get("contaudio_version"), version)
+    if digest not in configs:
+        configs[digest] = config
+        meta = {"format": FORMAT, "contaudio_version": version, "configs": configs}
+        write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return digest
