@@ -18,7 +18,11 @@ from contaudio.encoders import all_cards
 from contaudio.encoders.loading import WEIGHTS_MODES
 from contaudio.encoders.windows import LONG_CLIP_POLICIES
 from contaudio.extract.command import add_extract_commands
+from contaudio.extract.manifests import ManifestError
+from contaudio.extract.shards import OutputMismatchError
 from contaudio.io import ContinuousAudioIO
+
+USAGE_ERROR = 2  # argparse's exit status for a refused command line
 
 
 def read_audio(path: Path) -> tuple[torch.Tensor, int]:
@@ -115,6 +119,12 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run a subcommand; a refused input or output (a bad manifest, an output made with another configuration)
+    ends with its message and exit status 2, not a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ManifestError, OutputMismatchError) as err:
+        parser.exit(USAGE_ERROR, f"error: {err}\n")

@@ -32,15 +32,13 @@ from transformers.models.audioflamingo3.configuration_audioflamingo3 import Audi
 from transformers.models.audioflamingo3.modeling_audioflamingo3 import AudioFlamingo3Encoder, AudioFlamingo3Model
 
 from contaudio.encoders.oracle import ProjectorFreeHost, select_rows
-from contaudio.encoders.qwen2_audio import qwen2_audio_rows, qwen2_audio_window_rows
+from contaudio.encoders.qwen2_audio import masked_window_forward, qwen2_audio_rows
 from contaudio.encoders.registry import register
 from contaudio.encoders.windows import (
     WINDOW_FRAMES,
     WindowFamily,
-    check_window,
     extract_per_window,
     hf_windows,
-    split_into_windows,
 )
 from contaudio.features import FeatureConfig, Featurizer
 
@@ -51,14 +49,6 @@ AUDIO_FLAMINGO3_FEATURES = FeatureConfig(feature_size=128, chunk_length=30, wave
 def frame_mask(frames: torch.Tensor, width: int) -> torch.Tensor:
     """The feature mask a processor gives ``[K]`` windows of ``width`` frames holding ``frames`` real ones."""
     return (torch.arange(width, device=frames.device) < frames[:, None]).long()
-
-
-def audio_flamingo3_forward(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The tower on each clip's 30 s windows, each padded with its own silence level and masked: ``[rows, d]``."""
-    check_window(encoder)
-    windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES, silence_per_window=True)  # [K, 3000, n_mels]
-    hidden = encoder(windows.transpose(1, 2), input_features_mask=frame_mask(frames, WINDOW_FRAMES))
-    return select_rows(hidden.last_hidden_state, qwen2_audio_window_rows(frames))
 
 
 @register
@@ -88,7 +78,8 @@ class AudioFlamingo3(WindowFamily):
         return replace(features, waveform_window_s=features.chunk_length)
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return audio_flamingo3_forward(encoder, mel, lengths)
+        """Qwen2-Audio's packed masked-window forward, each 30 s window padded at its own silence level."""
+        return masked_window_forward(encoder, mel, lengths, silence_per_window=True)
 
     def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
         return extract_per_window(extractor, wav)

@@ -5,9 +5,10 @@ window (3000 frames) -> 750 rows of ``d_model`` (1280); the multi-modal projecto
 width belongs to the LM, not to the tower.
 
 Every clip is padded to its window with the log-mel of silence (see
-:mod:`contaudio.encoders.windows`) and run as ``Qwen2AudioModel.forward`` runs its tower:
-padded positions are masked out of attention (a bidirectional mask over the
-``(M - 1) // 2 + 1`` valid conv rows), and the first ``T // 2`` pooled rows are kept.
+:mod:`contaudio.encoders.windows`). ``Qwen2AudioModel.forward`` masks the padded rows out of
+attention (a bidirectional mask over the ``(M - 1) // 2 + 1`` valid conv rows), so
+:func:`masked_window_forward` computes only the valid rows (packed, one pass for the batch) and
+keeps the first ``T // 2`` pooled rows: HF's result at the cost of the clip, not of 30 s.
 
 Returns: the tower's pooled rows that hold the clip (25 Hz, ``d_model`` wide, before the projector).
 Oracle: HF's extractor with the waveform zero-padded to whole 30 s windows (Qwen2-Audio's
@@ -21,12 +22,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.qwen2_audio.configuration_qwen2_audio import Qwen2AudioEncoderConfig
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
 from contaudio.encoders.oracle import select_rows
+from contaudio.encoders.packed import WindowLayout, attention_kernel, pool_group_starts, run_windowed_stack, to_device
 from contaudio.encoders.registry import IntOrTensor, register
 from contaudio.encoders.windows import (
     WINDOW_CONV_STRIDE,
@@ -68,22 +71,33 @@ def qwen2_audio_rows(mel_len: IntOrTensor) -> IntOrTensor:
     return windowed_rows(mel_len, qwen2_audio_window_rows, WINDOW_FRAMES)
 
 
-def padding_mask(encoder: PreTrainedModel, conv_rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The attention mask ``Qwen2AudioModel.forward`` gives its tower: valid conv rows ``[K]`` -> 4-D mask."""
-    positions = encoder.config.max_source_positions  # 1500 rows after conv2
-    valid = torch.arange(positions, device=like.device) < conv_rows.to(like.device)[:, None]  # [K, 1500]
-    return create_bidirectional_mask(
-        config=encoder.config, inputs_embeds=like.new_zeros(len(conv_rows), positions, 1), attention_mask=valid.long()
-    )
+def masked_window_forward(
+    encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor, silence_per_window: bool = False
+) -> torch.Tensor:
+    """The tower on each clip's silence-padded 30 s window(s), computing only the rows that hold the clip.
 
-
-def qwen2_audio_forward(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """HF's tower on each clip's silence-padded window(s) with its padding mask: -> ``[sum rows, d_model]``."""
+    HF masks the padded rows out of attention, so a valid row never reads a padded one except through
+    the two convs, which read ``2 T + 1`` frames for ``T`` valid conv rows. So: the convs run on the
+    batch's first ``min(3000, 2 T_max + 1)`` frames (the rest never reaches a valid row), positions
+    ``0..T-1`` are added, the layers run ONCE over the packed valid rows of every window (attention
+    within each window's valid rows: exactly HF's mask), then the stride-2 average pool per window
+    and the final layer norm. Equal to HF's masked forward over whole windows; a 5 s clip costs a
+    sixth of its window. ``silence_per_window``: each window padded at its own silence level (see
+    :func:`~contaudio.encoders.windows.split_into_windows`). Returns ``[sum rows, d_model]``.
+    """
     check_window(encoder)
-    windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES)  # [K, 3000, n_mels], [K]
-    mask = padding_mask(encoder, conv_out(frames, WINDOW_CONV_STRIDE), windows)
-    hidden = encoder(windows.transpose(1, 2), attention_mask=mask).last_hidden_state  # [K, 750, d_model]
-    return select_rows(hidden, qwen2_audio_window_rows(frames))
+    windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES, silence_per_window)  # [K, 3000, n_mels], [K]
+    conv_rows = conv_out(frames.cpu(), WINDOW_CONV_STRIDE)  # [K], each >= 1
+    width = min(WINDOW_FRAMES, WINDOW_CONV_STRIDE * int(conv_rows.max()) + 1)  # frames the valid conv rows read
+    features = windows[:, :width].transpose(1, 2).to(encoder.conv1.weight.dtype)  # [K, n_mels, width]
+    embed = F.gelu(encoder.conv2(F.gelu(encoder.conv1(features)))).transpose(1, 2)  # [K, R, d]
+    embed = embed + encoder.embed_positions.weight[: embed.shape[1]].to(embed.dtype)
+    layout = WindowLayout.from_window_rows(conv_rows, embed.device)  # built once per batch
+    hidden = layout.to_rows(embed[:, : layout.window_len])  # [N, d]: the valid rows of every window
+    kernel = attention_kernel(encoder.config, hidden.device, hidden.dtype)
+    hidden = run_windowed_stack(encoder.layers, hidden, conv_rows, kernel, layout)
+    starts = to_device(pool_group_starts(conv_rows, POOL_STRIDE), hidden.device)
+    return encoder.layer_norm((hidden[starts] + hidden[starts + 1]) / POOL_STRIDE)
 
 
 @register
@@ -103,7 +117,7 @@ class Qwen2Audio(WindowFamily):
     rows = staticmethod(qwen2_audio_rows)
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return qwen2_audio_forward(encoder, mel, lengths)
+        return masked_window_forward(encoder, mel, lengths)
 
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """As ``Qwen2AudioModel.forward``: mask from HF's helper, tower, rows by HF's output lengths."""

@@ -301,7 +301,7 @@ def prepare_output(
     if meta is None and shards:
         raise OutputMismatchError(
             f"{directory} holds {len(shards)} shard(s) but no {META_FILE}: it is not an extract output folder "
-            "this run can add to; choose another output folder, or pass overwrite=true to replace them"
+            "this run can add to; choose another output folder, or replace them (--overwrite / extract.overwrite=true)"
         )
     configs: dict[str, Any] = dict(meta["configs"]) if meta else {}
     if configs and digest not in configs:
@@ -309,8 +309,9 @@ def prepare_output(
         if not allow_mixed:
             raise OutputMismatchError(
                 f"{directory} holds features made with another configuration ({first_hash}; differs in: "
-                f"{describe_difference(first, config)}). Choose another output folder, pass overwrite=true to "
-                "replace them, or allow_mixed=true to add these beside them (each index entry names its config_hash)"
+                f"{describe_difference(first, config)}). Choose another output folder, replace them (--overwrite / "
+                "extract.overwrite=true), or add these beside them (--allow-mixed / extract.allow_mixed=true; each "
+                "index entry names its config_hash)"
             )
         log.warning("allow_mixed=true: adding features of config %s beside %s in %s", digest, first_hash, directory)
     if meta and meta.get("contaudio_version") != version:

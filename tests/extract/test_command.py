@@ -37,6 +37,15 @@ def test_cli_features_with_verify(corpus, tmp_path) -> None:
         main(["extract-index", str(tmp_path), str(tmp_path)])
 
 
+def test_cli_refuses_another_configuration_with_a_message_not_a_traceback(corpus, tmp_path, capsys) -> None:
+    main(["extract", str(corpus.manifest), "--out", str(tmp_path), "--workers", "0", *TINY])
+    other = ["--tag", "contaudio/tiny-qwen3-asr", "--weights", "random", "--dtype", "fp32"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", str(corpus.manifest), "--out", str(tmp_path), "--workers", "0", *other])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "another configuration" in err and "--overwrite" in err
+
+
 def test_hydra_experiment_records_the_summary(corpus, tmp_path) -> None:
     out = tmp_path / "features"
     record = run(compose_config([*overrides(corpus, tmp_path, out), "dtype=fp32", "extract.verify=1"]))
