@@ -66,7 +66,7 @@ def test_length_check_has_no_mismatch_and_asks_hf(smoke_cfg) -> None:
     record = length_check.run(smoke_cfg)
     metrics = record["metrics"]
     assert record["status"] == "ok", metrics["first_failures"]
-    assert metrics["mismatches"] == 0 and metrics["m_checked"] == 450
+    assert metrics["mismatches"] == 0 and metrics["m_checked"] == smoke_cfg.length_check.m_max
     assert metrics["judged_by_oracle"] == metrics["m_checked"] + metrics["n_checked"]
     rows = record["tables"]["every_m"]
     assert [r["hf_rows"] for r in rows[:4]] == [0, 0, 1, 1]  # HF's own answer for M = 1..4, recorded
