@@ -22,33 +22,19 @@ on our tower (its projector set aside: ``last_hidden_state``), rows by the tower
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import ClassVar
 
-import numpy as np
 import torch
-from transformers import PreTrainedModel, WhisperFeatureExtractor
+from transformers import PreTrainedModel
 from transformers.models.audioflamingo3.configuration_audioflamingo3 import AudioFlamingo3EncoderConfig
 from transformers.models.audioflamingo3.modeling_audioflamingo3 import AudioFlamingo3Encoder, AudioFlamingo3Model
 
-from contaudio.encoders.oracle import ProjectorFreeHost, select_rows
+from contaudio.encoders.oracle import ProjectorFreeHost, frame_mask, select_rows
 from contaudio.encoders.qwen2_audio import masked_window_forward, qwen2_audio_rows
 from contaudio.encoders.registry import register
-from contaudio.encoders.windows import (
-    WINDOW_FRAMES,
-    WindowFamily,
-    extract_per_window,
-    hf_windows,
-)
-from contaudio.features import FeatureConfig, Featurizer
+from contaudio.encoders.windows import LARGE_V3_FEATURES, WINDOW_FRAMES, WindowFamily, hf_windows
 
 MAX_AUDIO_S = 600  # AudioFlamingo3Processor(max_audio_len=600): 20 windows of 30 s
-AUDIO_FLAMINGO3_FEATURES = FeatureConfig(feature_size=128, chunk_length=30, waveform_window_s=30)
-
-
-def frame_mask(frames: torch.Tensor, width: int) -> torch.Tensor:
-    """The feature mask a processor gives ``[K]`` windows of ``width`` frames holding ``frames`` real ones."""
-    return (torch.arange(width, device=frames.device) < frames[:, None]).long()
 
 
 @register
@@ -61,7 +47,8 @@ class AudioFlamingo3(WindowFamily):
     weight_prefixes = ("model.audio_tower.", "audio_tower.", "")
     encoder_class = AudioFlamingo3Encoder
     config_class = AudioFlamingo3EncoderConfig
-    default_features = AUDIO_FLAMINGO3_FEATURES
+    default_features = LARGE_V3_FEATURES
+    cuts_waveform = True
     max_frames = MAX_AUDIO_S * WINDOW_FRAMES // 30
     returns = "audio tower rows holding the clip (pooled to 25 Hz, d_model wide, before the projector), per 30 s window"
     oracle_path = (
@@ -71,18 +58,9 @@ class AudioFlamingo3(WindowFamily):
 
     rows = staticmethod(qwen2_audio_rows)
 
-    def adapt_features(self, features: Featurizer) -> Featurizer:
-        """The processor extracts each 30 s piece of the waveform on its own."""
-        if not isinstance(features, FeatureConfig):
-            raise ValueError(f"{self.name} needs WhisperFeatureExtractor features, got {type(features).__name__}")
-        return replace(features, waveform_window_s=features.chunk_length)
-
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Qwen2-Audio's packed masked-window forward, each 30 s window padded at its own silence level."""
-        return masked_window_forward(encoder, mel, lengths, silence_per_window=True)
-
-    def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
-        return extract_per_window(extractor, wav)
+        return masked_window_forward(encoder, mel, lengths, silence_per_window=self.cuts_waveform)
 
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         windows, window_frames = hf_windows(input_features, frames, WINDOW_FRAMES)

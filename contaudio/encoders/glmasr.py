@@ -24,48 +24,31 @@ our tower (projector set aside: ``last_hidden_state``), rows by the conv lengths
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from torch import nn
-from transformers import PreTrainedModel, WhisperFeatureExtractor
+from transformers import PreTrainedModel
 from transformers.models.glmasr.configuration_glmasr import GlmAsrEncoderConfig
 from transformers.models.glmasr.modeling_glmasr import GlmAsrEncoder, GlmAsrModel
 from transformers.models.whisper.modeling_whisper import WhisperPreTrainedModel
 
 from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, config_value
-from contaudio.encoders.oracle import ProjectorFreeHost, select_rows
+from contaudio.encoders.oracle import ProjectorFreeHost, frame_mask, select_rows
 from contaudio.encoders.registry import register
 from contaudio.encoders.windows import (
+    LARGE_V3_FEATURES,
     WINDOW_CONV_KERNEL,
     WINDOW_CONV_STRIDE,
     WINDOW_FRAMES,
     WindowFamily,
-    extract_per_window,
     hf_windows,
-    split_into_windows,
-    window_conv_rows,
 )
-from contaudio.features import FeatureConfig, Featurizer
 from contaudio.lengths import ceil_div, conv_out
 
 MAX_WINDOWS = 655 // 30  # GlmAsrProcessor(max_audio_len=655) keeps int(655 // 30) = 21 whole 30 s windows
-GLM_ASR_FEATURES = FeatureConfig(feature_size=128, chunk_length=30, waveform_window_s=30)
 MERGE_FACTOR = 4  # get_audio_features: 4 tower rows -> one LM row (intermediate_size = 4 * hidden_size)
 MLP_MATMULS = 2  # fc1, fc2
-
-
-def check_glm_window(encoder: nn.Module) -> None:
-    """The length rule assumes 1500 rotary positions after a stride-2 conv: one 3000-frame window."""
-    frames = encoder.config.max_position_embeddings * encoder.conv1.stride[0] * encoder.conv2.stride[0]
-    if frames != WINDOW_FRAMES:
-        raise ValueError(
-            f"GLM-ASR tower with max_position_embeddings={encoder.config.max_position_embeddings} takes {frames} "
-            f"frames; contaudio's length rule needs {WINDOW_FRAMES}"
-        )
 
 
 def glm_asr_flops(config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
@@ -100,7 +83,9 @@ class GlmAsr(WindowFamily):
     encoder_class = GlmAsrEncoder
     config_class = GlmAsrEncoderConfig
     output_dim_key = "hidden_size"
-    default_features = GLM_ASR_FEATURES
+    default_features = LARGE_V3_FEATURES
+    cuts_waveform = True
+    positions_key = "max_position_embeddings"  # rotary positions
     max_frames = MAX_WINDOWS * WINDOW_FRAMES
     returns = "audio tower rows holding the clip (50 Hz, hidden_size wide, before the 4-row merge and projector)"
     oracle_path = (
@@ -108,28 +93,12 @@ class GlmAsr(WindowFamily):
         "GlmAsrModel.get_audio_features(...).last_hidden_state per window, rows by the conv output lengths"
     )
 
-    def adapt_features(self, features: Featurizer) -> Featurizer:
-        """The processor extracts each 30 s piece of the waveform on its own."""
-        if not isinstance(features, FeatureConfig):
-            raise ValueError(f"{self.name} needs WhisperFeatureExtractor features, got {type(features).__name__}")
-        return replace(features, waveform_window_s=features.chunk_length)
-
-    def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """HF's tower on each clip's 30 s windows, each padded with its own silence level: ``[rows, hidden_size]``."""
-        check_glm_window(encoder)
-        windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES, silence_per_window=True)
-        hidden = encoder(windows.transpose(1, 2)).last_hidden_state  # [K, 1500, d]
-        return select_rows(hidden, window_conv_rows(frames))
-
     def flops(self, config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
         return glm_asr_flops(config, lengths)
 
-    def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
-        return extract_per_window(extractor, wav)
-
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         windows, window_frames = hf_windows(input_features, frames, WINDOW_FRAMES)
-        mask = (torch.arange(WINDOW_FRAMES) < window_frames[:, None]).long()
+        mask = frame_mask(window_frames, WINDOW_FRAMES)
         # get_audio_features regroups 4 rows into intermediate_size columns for its projector (identity here)
         width = SimpleNamespace(intermediate_size=MERGE_FACTOR * encoder.config.hidden_size)
         host = ProjectorFreeHost(encoder, SimpleNamespace(return_dict=True, audio_config=width))

@@ -85,6 +85,15 @@ def extract_max_length(extractor: WhisperFeatureExtractor, wav: np.ndarray) -> t
     return extract(extractor, wav, padding="max_length", max_length=max_length, truncation=False)
 
 
+def frame_mask(frames: torch.Tensor, width: int) -> torch.Tensor:
+    """The feature mask a processor gives clips of ``frames`` ``[B]`` valid frames in ``width`` columns: ``[B, width]``.
+
+    >>> frame_mask(torch.tensor([2, 0]), 3).tolist()
+    [[1, 1, 0], [0, 0, 0]]
+    """
+    return (torch.arange(width, device=frames.device) < frames[:, None]).long()
+
+
 def thinker_audio_rows(
     get_audio_features: Callable[..., Any], encoder: nn.Module, input_features: torch.Tensor, frames: torch.Tensor
 ) -> torch.Tensor:
@@ -93,7 +102,7 @@ def thinker_audio_rows(
     ``get_audio_features`` is the HF method (e.g. ``Qwen2_5OmniThinkerModel.get_audio_features``), given the
     feature attention mask the processor would give and run on :class:`AudioTowerHost`.
     """
-    mask = (torch.arange(input_features.shape[2]) < frames[:, None]).long().to(input_features.device)
+    mask = frame_mask(frames.to(input_features.device), input_features.shape[2])
     return get_audio_features(AudioTowerHost(encoder), input_features, mask).last_hidden_state
 
 

@@ -32,6 +32,7 @@ from contaudio.encoders.oracle import select_rows
 from contaudio.encoders.packed import WindowLayout, attention_kernel, pool_group_starts, run_windowed_stack, to_device
 from contaudio.encoders.registry import IntOrTensor, register
 from contaudio.encoders.windows import (
+    LARGE_V3_FEATURES,
     WINDOW_CONV_STRIDE,
     WINDOW_FRAMES,
     WindowFamily,
@@ -39,11 +40,9 @@ from contaudio.encoders.windows import (
     hf_windows,
     split_into_windows,
 )
-from contaudio.features import FeatureConfig
 from contaudio.lengths import conv_out, windowed_rows
 
 POOL_STRIDE = 2  # AvgPool1d(2, stride=2) after the layers
-QWEN2_AUDIO_FEATURES = FeatureConfig(sampling_rate=16000, feature_size=128, n_fft=400, hop_length=160, chunk_length=30)
 
 
 def qwen2_audio_window_rows(mel_len: IntOrTensor) -> IntOrTensor:
@@ -107,7 +106,7 @@ class Qwen2Audio(WindowFamily):
     weight_prefixes = ("audio_tower.", "model.audio_tower.", "")
     encoder_class = Qwen2AudioEncoder
     config_class = Qwen2AudioEncoderConfig
-    default_features = QWEN2_AUDIO_FEATURES
+    default_features = LARGE_V3_FEATURES
     returns = "audio tower rows holding the clip (pooled to 25 Hz, d_model wide, before the projector)"
     oracle_path = (
         "WhisperFeatureExtractor (clip zero-padded to whole 30 s windows) -> the tower call of "

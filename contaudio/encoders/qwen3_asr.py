@@ -34,7 +34,7 @@ from transformers.models.qwen3_asr.configuration_qwen3_asr import Qwen3ASREncode
 from transformers.models.qwen3_asr.feature_extraction_qwen3_asr import Qwen3ASRFeatureExtractor
 from transformers.models.qwen3_asr.modeling_qwen3_asr import Qwen3ASREncoder, Qwen3ASRModel
 
-from contaudio.encoders.oracle import ProjectorFreeHost, extract
+from contaudio.encoders.oracle import ProjectorFreeHost, extract, frame_mask
 from contaudio.encoders.qwen3_omni import CHUNK_FRAMES, aut_flops, aut_layers, check_chunking, qwen3_omni_rows
 from contaudio.encoders.registry import EncoderFamily, register
 from contaudio.features.qwen3_asr import Qwen3ASRFeatures
@@ -98,5 +98,5 @@ class Qwen3ASR(EncoderFamily):
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``Qwen3ASRModel.get_audio_features`` on our tower, one call for the batch (bench's HF column)."""
         check_chunking(encoder)
-        mask = (torch.arange(input_features.shape[2]) < frames[:, None]).long().to(input_features.device)
+        mask = frame_mask(frames.to(input_features.device), input_features.shape[2])
         return Qwen3ASRModel.get_audio_features(ProjectorFreeHost(encoder), input_features, mask).last_hidden_state

@@ -28,10 +28,7 @@ from transformers.models.whisper.modeling_whisper import WhisperPreTrainedModel
 
 from contaudio.encoders.oracle import ProjectorFreeHost, select_rows
 from contaudio.encoders.registry import register
-from contaudio.encoders.windows import WINDOW_FRAMES, WindowFamily, hf_windows
-from contaudio.features import FeatureConfig
-
-VOXTRAL_FEATURES = FeatureConfig(sampling_rate=16000, feature_size=128, n_fft=400, hop_length=160, chunk_length=30)
+from contaudio.encoders.windows import LARGE_V3_FEATURES, WINDOW_FRAMES, WindowFamily, hf_windows
 
 
 @register
@@ -41,7 +38,7 @@ class Voxtral(WindowFamily):
     weight_prefixes = ("audio_tower.", "model.audio_tower.", "")
     encoder_class = VoxtralEncoder
     config_class = VoxtralEncoderConfig
-    default_features = VOXTRAL_FEATURES
+    default_features = LARGE_V3_FEATURES
     returns = "audio tower rows holding the clip (50 Hz, before Voxtral's 4-row reshape and projector)"
     oracle_path = (
         "WhisperFeatureExtractor with VoxtralProcessor's padding (whole 30 s windows) -> "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -37,10 +38,12 @@ from transformers import PreTrainedModel, WhisperFeatureExtractor
 from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, block_macs, config_value
 from contaudio.encoders.oracle import extract, select_rows
 from contaudio.encoders.registry import EncoderFamily, IntOrTensor
-from contaudio.features import DYNAMIC_RANGE, LOG_FLOOR, LOG_OFFSET, LOG_SCALE
+from contaudio.features import DYNAMIC_RANGE, LOG_FLOOR, LOG_OFFSET, LOG_SCALE, FeatureConfig, Featurizer
 from contaudio.lengths import ceil_div, conv_out, windowed_rows
 
 WINDOW_FRAMES = 3000  # max_source_positions (1500) * conv2 stride (2) = 30 s of 10 ms frames
+# Whisper-large-v3's extractor (128 mels, 30 s), which Qwen2-Audio, Voxtral, Audio Flamingo 3 and GLM-ASR ship
+LARGE_V3_FEATURES = FeatureConfig(sampling_rate=16000, feature_size=128, n_fft=400, hop_length=160, chunk_length=30)
 WINDOW_CONV_STRIDE = 2  # conv1 stride 1, conv2 stride 2
 WINDOW_CONV_KERNEL = 3
 
@@ -200,13 +203,18 @@ def whisper_style_flops(
     return float(FLOPS_PER_MAC * window * windows)
 
 
-def check_window(encoder: torch.nn.Module) -> None:
-    """The length rules assume 1500 positions after a stride-2 conv: one 3000-frame window."""
-    frames = encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+def check_window(encoder: torch.nn.Module, positions_key: str = "max_source_positions") -> None:
+    """The length rules assume 1500 positions after a stride-2 conv: one 3000-frame window.
+
+    ``positions_key``: the config key of the encoder's position count (GLM-ASR's rotary positions:
+    ``max_position_embeddings``).
+    """
+    positions = getattr(encoder.config, positions_key)
+    frames = positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
     if frames != WINDOW_FRAMES:
         raise ValueError(
-            f"{type(encoder).__name__} takes {frames} mel frames (max_source_positions="
-            f"{encoder.config.max_source_positions}); contaudio's length rules need {WINDOW_FRAMES}"
+            f"{type(encoder).__name__} takes {frames} mel frames ({positions_key}={positions}); "
+            f"contaudio's length rules need {WINDOW_FRAMES}"
         )
 
 
@@ -231,16 +239,32 @@ def whisper_rows(mel_len: IntOrTensor) -> IntOrTensor:
 class WindowFamily(EncoderFamily):
     """What every Whisper-architecture family shares (not registered itself): the 30 s window, the
     silence-padded forward keeping the clip's rows, the FLOP rule, and HF's extractor padding the
-    waveform to whole windows (Voxtral's processor; Whisper's and Qwen2-Audio's for <= 30 s)."""
+    waveform to whole windows (Voxtral's processor; Whisper's and Qwen2-Audio's for <= 30 s).
+
+    ``cuts_waveform``: the family's processor cuts the *waveform* into 30 s pieces and extracts each
+    on its own (Audio Flamingo 3, GLM-ASR), so the featurizer does too (``waveform_window_s``), each
+    window is padded at its own silence level, and the oracle extracts piece by piece.
+    ``positions_key``: the config key of the encoder's position count (see :func:`check_window`).
+    """
 
     output_dim_key: ClassVar[str] = "d_model"
     window_frames: ClassVar[int | None] = WINDOW_FRAMES
+    cuts_waveform: ClassVar[bool] = False
+    positions_key: ClassVar[str] = "max_source_positions"
     rows = staticmethod(whisper_rows)
+
+    def adapt_features(self, features: Featurizer) -> Featurizer:
+        """With ``cuts_waveform``: each 30 s piece of the waveform gets its own log-mel, as the processor does."""
+        if not self.cuts_waveform:
+            return features
+        if not isinstance(features, FeatureConfig):
+            raise ValueError(f"{self.name} needs WhisperFeatureExtractor features, got {type(features).__name__}")
+        return replace(features, waveform_window_s=features.chunk_length)
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """HF's encoder on each clip padded to its window(s) with silence: ``[B, M_max, n_mels]`` -> ``[rows, d]``."""
-        check_window(encoder)
-        windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES)  # [K, 3000, n_mels], [K]
+        check_window(encoder, self.positions_key)
+        windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES, self.cuts_waveform)  # [K, 3000, n_mels]
         hidden = encoder(windows.transpose(1, 2)).last_hidden_state  # [K, 1500, d_model]
         return select_rows(hidden, window_conv_rows(frames))
 
@@ -248,5 +272,8 @@ class WindowFamily(EncoderFamily):
         return whisper_style_flops(config, lengths)
 
     def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
-        """HF's extractor with the clip zero-padded to whole 30 s windows."""
+        """HF's extractor as the processor runs it: the clip zero-padded to whole 30 s windows, or with
+        ``cuts_waveform`` each 30 s piece extracted on its own (:func:`extract_per_window`)."""
+        if self.cuts_waveform:
+            return extract_per_window(extractor, wav)
         return extract(extractor, wav, padding="longest", pad_to_multiple_of=extractor.n_samples, truncation=False)
