@@ -5,6 +5,8 @@ Every builder perturbs the weights (non-zero biases, non-identity norms) so padd
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 TINY_QWEN_OMNI = "contaudio/tiny-qwen2.5-omni"
@@ -63,6 +65,21 @@ def perturb_(module: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
             param.add_(torch.randn(param.shape, generator=generator) * scale)
 
 
+def perturbed(build: Callable[[], torch.nn.Module], init_seed: int, seed: int) -> torch.nn.Module:
+    """``build()`` under ``torch.manual_seed(init_seed)``, then :func:`perturb_` with ``seed``."""
+    torch.manual_seed(init_seed)
+    model = build()
+    perturb_(model, seed=seed)
+    return model
+
+
+def save_with_features(model: torch.nn.Module, directory, card: str, max_shard_size: str) -> torch.nn.Module:
+    """Save ``model`` sharded by transformers with the card's own extractor config; returns it in eval mode."""
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
+    card_extractor(card).save_pretrained(directory)
+    return model.eval()
+
+
 def save_tiny_qwen3_omni(directory, *, thinker_only: bool = False, max_shard_size: str = "40KB"):
     """Save a tiny random FULL Qwen3-Omni (or thinker-only) model, sharded, with its feature config."""
     from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeForConditionalGeneration
@@ -82,9 +99,7 @@ def save_tiny_qwen3_omni(directory, *, thinker_only: bool = False, max_shard_siz
             Qwen3OmniMoeConfig(thinker_config=thinker, enable_audio_output=False)
         )
     perturb_(model, seed=1)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_QWEN3_OMNI).save_pretrained(directory)
-    return model.eval()
+    return save_with_features(model, directory, TINY_QWEN3_OMNI, max_shard_size)
 
 
 def save_tiny_qwen2_audio(directory, *, encoder_only: bool = False, max_shard_size: str = "40KB"):
@@ -104,9 +119,7 @@ def save_tiny_qwen2_audio(directory, *, encoder_only: bool = False, max_shard_si
         )
         model = Qwen2AudioForConditionalGeneration(config)
     perturb_(model, seed=2)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_QWEN2_AUDIO).save_pretrained(directory)
-    return model.eval()
+    return save_with_features(model, directory, TINY_QWEN2_AUDIO, max_shard_size)
 
 
 def save_tiny_whisper(directory, *, max_shard_size: str = "10GB"):
@@ -118,12 +131,8 @@ def save_tiny_whisper(directory, *, max_shard_size: str = "10GB"):
         decoder_ffn_dim=64, max_target_positions=32, decoder_start_token_id=1, pad_token_id=0, bos_token_id=1,
         eos_token_id=2,
     )  # fmt: skip
-    torch.manual_seed(4323)
-    model = WhisperForConditionalGeneration(config)
-    perturb_(model, seed=3)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_WHISPER).save_pretrained(directory)
-    return model.eval()
+    model = perturbed(lambda: WhisperForConditionalGeneration(config), init_seed=4323, seed=3)
+    return save_with_features(model, directory, TINY_WHISPER, max_shard_size)
 
 
 def save_tiny_audio_lm(
@@ -145,12 +154,10 @@ def save_tiny_audio_lm(
         text_config={"model_type": text_type, **TINY_TEXT, **text_overrides},
         audio_token_id=TINY_AUDIO_TOKEN,
     )
-    torch.manual_seed(4320 + seed)
-    model = getattr(transformers, f"{model_name}ForConditionalGeneration")(config)
-    perturb_(model, seed=seed)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(card).save_pretrained(directory)
-    return model.eval()
+    model = perturbed(
+        lambda: getattr(transformers, f"{model_name}ForConditionalGeneration")(config), init_seed=4320 + seed, seed=seed
+    )
+    return save_with_features(model, directory, card, max_shard_size)
 
 
 def save_tiny_voxtral(directory, *, max_shard_size: str = "40KB"):
@@ -199,9 +206,7 @@ def save_tiny_qwen2_5_omni(directory, *, thinker_only: bool = False, max_shard_s
             Qwen2_5OmniConfig(thinker_config=thinker, enable_audio_output=False)
         )
     perturb_(model, seed=5)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_QWEN_OMNI).save_pretrained(directory)
-    return model.eval()
+    return save_with_features(model, directory, TINY_QWEN_OMNI, max_shard_size)
 
 
 def save_tiny_phi4_multimodal(directory, *, max_shard_size: str = "40KB"):
@@ -214,17 +219,13 @@ def save_tiny_phi4_multimodal(directory, *, max_shard_size: str = "40KB"):
               "image_size": 28, "patch_size": 14, "crop_size": 28, "image_token_id": TINY_AUDIO_TOKEN + 1}  # fmt: skip
     config = Phi4MultimodalConfig(**TINY_TEXT, pad_token_id=0, bos_token_id=1, eos_token_id=2, audio_config=audio,
                                   vision_config=vision)  # fmt: skip
-    torch.manual_seed(4325)
-    model = Phi4MultimodalForCausalLM(config)
-    perturb_(model, seed=6)
+    model = perturbed(lambda: Phi4MultimodalForCausalLM(config), init_seed=4325, seed=6)
     norm = model.model.embed_tokens_extend.audio_embed.encoder.encoder_embedding
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
         norm.global_mean.copy_(torch.randn(norm.global_mean.shape, generator=generator) * 2 + 8)
         norm.global_invstd.copy_(torch.rand(norm.global_invstd.shape, generator=generator) * 0.4 + 0.2)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_PHI4_MULTIMODAL).save_pretrained(directory)
-    return model.eval()
+    return save_with_features(model, directory, TINY_PHI4_MULTIMODAL, max_shard_size)
 
 
 def save_tiny_granite_speech(directory, *, max_shard_size: str = "40KB"):
@@ -237,11 +238,8 @@ def save_tiny_granite_speech(directory, *, max_shard_size: str = "40KB"):
     tower = card_encoder_config(TINY_GRANITE_SPEECH)
     config = GraniteSpeechConfig(**{**tower, "text_config": {"model_type": "granite", **TINY_TEXT}},
                                  audio_token_index=TINY_AUDIO_TOKEN, has_lora_adapter=False)  # fmt: skip
-    torch.manual_seed(4326)
-    model = GraniteSpeechForConditionalGeneration(config)
-    perturb_(model, seed=8)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_GRANITE_SPEECH).save_pretrained(directory)
+    model = perturbed(lambda: GraniteSpeechForConditionalGeneration(config), init_seed=4326, seed=8)
+    save_with_features(model, directory, TINY_GRANITE_SPEECH, max_shard_size)
     model.model.audio_tower = torch.nn.Module()
     model.model.audio_tower.encoder, model.model.audio_tower.projector = model.model.encoder, model.model.projector
     return model.eval()
@@ -283,9 +281,7 @@ def save_tiny_gemma3n(directory, *, max_shard_size: str = "40KB"):
     with mock.patch.object(modeling_gemma3n.AutoModel, "from_config", side_effect=from_config):
         model = Gemma3nForConditionalGeneration(config)
     perturb_(model, seed=9)
-    model.save_pretrained(directory, max_shard_size=max_shard_size)
-    card_extractor(TINY_GEMMA3N).save_pretrained(directory)
-    return model.eval()
+    return save_with_features(model, directory, TINY_GEMMA3N, max_shard_size)
 
 
 def hf_audio_tower(model: torch.nn.Module) -> torch.nn.Module:
