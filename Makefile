@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test test-avx2 lint smoke bench sweep demo extract-bench
+.PHONY: setup test test-avx2 test-espnet espnet-env lint smoke bench sweep demo extract-bench
 
 setup:
 	$(if $(TORCH),$(PYTHON) -m pip install $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)",) "$(TORCH)",)
@@ -16,6 +16,17 @@ setup:
 
 test:
 	$(PYTHON) -m pytest -q -m "not slow"
+
+# ESPnet's SpeechLM, the real package: a Python >= 3.12 virtualenv with espnet[speechlm]==202611 and its pinned
+# transformers/torch (requirements/espnet-202611.txt), created once under ESPNET_ENV (rebuilt when the pins change),
+# then tests/integration/ in it. The integration tests run on their own (--confcutdir): they point the HF cache at
+# a temporary folder of tiny checkpoints before transformers is imported.
+ESPNET_ENV ?= $(HOME)/.cache/contaudio/espnet-202611
+espnet-env:
+	bash ci/espnet_env.sh "$(ESPNET_ENV)"
+
+test-espnet: espnet-env
+	$(ESPNET_ENV)/bin/python -m pytest -q tests/integration --confcutdir=tests/integration -p no:cacheprovider
 
 # The whole suite once more on AVX2-only kernels, as on an AMD EPYC without AVX-512/AMX (CI runs both):
 # these variables make torch, oneDNN and MKL use AVX2 code paths even on a bigger CPU.

@@ -234,3 +234,59 @@ def prepare_waveform(wav: Any, sr: Any, target_sr: int, policy: AudioPolicy = Au
     mono = resample(to_float_mono(check_waveform(as_numpy(wav)), policy), sr, target_sr, policy)
     check_not_empty_after_resampling(mono.size, num_samples, sr, target_sr)
     return normalize(mono) if policy.normalize else mono
+
+
+def espnet_mono(wav: Any, sr: Any, target_sr: int) -> np.ndarray:
+    """The waveform ESPnet 202611's ``ContinuousAudioIO.preprocess`` hands its extractor: ``[N']`` float32.
+
+    ``[C, N]`` (or ``[N, C]`` with N > C, transposed; ``[N]`` is one channel) -> channel 0 only (logged
+    once when C > 1), resampled to ``target_sr`` with ``torchaudio.functional.resample`` in the clip's
+    own float dtype, then float32. Integer PCM is cast to float without scaling, as ESPnet's
+    extractor casts it (its normalisation removes the scale). Same checks and messages as
+    :func:`prepare_waveform` (rate, rank, dtype, empty, NaN/Inf).
+    """
+    sr = check_sample_rate(sr)
+    channels, num_samples = waveform_shape(wav)
+    if channels > 1:
+        log_once(f"espnet-channel0-{channels}", f"{channels} channels: keeping channel 0, as ESPnet's frontend does")
+    first = check_waveform(as_numpy(wav))[0]
+    if first.dtype.kind != "f":
+        first = first.astype(np.float32)
+    if not np.isfinite(first).all():
+        bad = np.flatnonzero(~np.isfinite(first))
+        raise ValueError(
+            f"wav holds {bad.size} NaN/Inf samples in channel 0 (first at index {int(bad[0])}); "
+            "clean or drop the clip before preprocessing"
+        )
+    if sr != target_sr:
+        log_once(
+            f"espnet-resample-{sr}-{target_sr}", f"resampling {sr} Hz -> {target_sr} Hz with torchaudio (ESPnet's)"
+        )
+        first = torchaudio_resample(np.ascontiguousarray(first), sr, target_sr)
+    check_not_empty_after_resampling(first.size, num_samples, sr, target_sr)
+    return np.require(first, dtype=np.float32, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+
+
+def espnet_samples(num_samples: int, sr: int, target_sr: int) -> int:
+    """The sample count ESPnet's ``find_length`` assumes after resampling: ``int(N * target_sr / sr)`` (float maths).
+
+    ``preprocess`` really gets torchaudio's ``ceil(N * target_sr / sr)``; the two differ for some N at
+    rates that do not divide evenly, and so can ESPnet's ``find_length`` and ``preprocess``. contaudio's
+    ``frontend="espnet"`` reproduces both as they are.
+
+    >>> espnet_samples(48000, 48000, 16000), espnet_samples(22051, 22050, 16000)
+    (16000, 16000)
+    """
+    return int(num_samples * target_sr / sr)
+
+
+def torchaudio_resample(wav: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
+    """``torchaudio.functional.resample`` (ESPnet's resampler) on a mono float clip; a clear error without it."""
+    try:
+        import torchaudio.functional
+    except ImportError as err:  # ESPnet installs torchaudio; contaudio does not need it otherwise
+        raise ImportError(
+            f"frontend='espnet' resamples with torchaudio, as ESPnet does, but torchaudio does not import ({err}): "
+            f"pip install torchaudio (the build for your torch), or pass {target_sr} Hz audio"
+        ) from err
+    return torchaudio.functional.resample(torch.from_numpy(wav), sr, target_sr).numpy()

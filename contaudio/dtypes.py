@@ -11,11 +11,14 @@ The decision is a pure function of the CPU's feature flags and oneDNN's ISA cap
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 AUTO = "auto"
 DTYPES: dict[str, torch.dtype] = {
@@ -79,14 +82,22 @@ def dtype_name(dtype: torch.dtype) -> str:
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` (and fp16, fp32) -> ``torch.dtype``.
 
-    >>> parse_dtype("bf16"), parse_dtype(torch.float32)
-    (torch.bfloat16, torch.float32)
+    torch's own names of these dtypes (``getattr(torch, name)``, what ESPnet's class reads) work too.
+
+    >>> parse_dtype("bf16"), parse_dtype(torch.float32), parse_dtype("half"), parse_dtype("float")
+    (torch.bfloat16, torch.float32, torch.float16, torch.float32)
     """
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
-    raise ValueError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)} or {AUTO!r}")
+    if isinstance(dtype, str) and getattr(torch, dtype, None) in DTYPES.values():  # ESPnet: getattr(torch, dtype)
+        log.info("dtype %r read as %s (torch's name for it, as ESPnet reads it)", dtype, getattr(torch, dtype))
+        return getattr(torch, dtype)
+    raise ValueError(
+        f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)} or {AUTO!r} "
+        "(or torch's own name of one of them, e.g. 'half')"
+    )
 
 
 def cpu_runs_natively(dtype: torch.dtype, cpu_flags: frozenset[str], onednn_max_isa: str | None) -> bool:

@@ -6,7 +6,7 @@ import copy
 import logging
 import time
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -18,6 +18,8 @@ from contaudio.audio import (
     ResamplePolicy,
     check_layout,
     check_not_empty_after_resampling,
+    espnet_mono,
+    espnet_samples,
     log_once,
     prepare_waveform,
 )
@@ -33,6 +35,8 @@ from contaudio.encoders.packed import (
     varlen_attn_available,
 )
 from contaudio.encoders.windows import LongClipPolicy, check_clip_frames, check_long_clip_policy
+from contaudio.features import FeatureConfig, Featurizer
+from contaudio.features.espnet import EspnetWhisperFeatures
 from contaudio.lengths import resampled_length
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,11 @@ ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager", "flash_attention_2", "varlen")
 ENCODER_CHOICES = ("huggingface",)
 MODALITY = "audio"  # ESPnet's SpeechLM writes <|audio|> before the clip's positions
 DUMMY_FRAMES = 4  # mel frames for dummy_forward: the fewest that give every family >= 1 row
-ESPNET_TOWER_PREFIX = "model.audio_tower."  # where ESPnet's own ContinuousAudioIO keeps the tower (its thinker)
+ESPNET_TOWER_PATH = "model.audio_tower"  # where ESPnet's own ContinuousAudioIO keeps the tower (in its thinker)
+CONTAUDIO_TOWER_PATH = "encoder"
+TOWER_PATHS = (CONTAUDIO_TOWER_PATH, ESPNET_TOWER_PATH)  # checkpoint layouts either class loads
+Frontend = Literal["processor", "espnet"]
+FRONTENDS: tuple[str, ...] = ("processor", "espnet")
 
 
 def parse_device(device: str | torch.device) -> torch.device:
@@ -149,9 +157,18 @@ class ContinuousAudioIO(AbsIO):
         normalize: zero-mean/unit-variance the waveform (off, as in Qwen's processor).
         long_clip: fixed-window encoders (Whisper, Qwen2-Audio: 30 s) on a longer clip:
             "raise" (default) or "windows" (encode consecutive 30 s windows, concatenate rows).
-        skip_init_encoder: build no encoder at all (ESPnet's length-stats step passes True):
-            ``preprocess``, ``find_length`` and ``feature_dim`` work; ``encode_batch`` raises.
+        skip_init_encoder: build no encoder at all: ``preprocess``, ``find_length`` and
+            ``feature_dim`` work; ``encode_batch`` raises.
+        frontend: how a clip becomes mel frames. ``"processor"`` (default): as the model's own HF
+            processor does (Qwen: zero-padded to 300 s, not normalised, ``ceil(N / 160)`` frames,
+            soxr resampling, channels averaged). ``"espnet"``: exactly as ESPnet 202611's own
+            ``ContinuousAudioIO`` does (channel 0, torchaudio resampling, normalised unpadded
+            extraction, ``N // 160`` frames, int32 ``seq``/``loss_mask``), for models trained
+            through ESPnet's class. Whisper-extractor families only.
     """
+
+    tower_path: ClassVar[str] = CONTAUDIO_TOWER_PATH  # the tower's place in this module (its state_dict prefix)
+    keep_dropped_weights: ClassVar[bool] = False  # keep weights the forward never reads as buffers (for their keys)
 
     def __init__(
         self,
@@ -170,6 +187,7 @@ class ContinuousAudioIO(AbsIO):
         normalize: bool = False,
         long_clip: LongClipPolicy = "raise",
         skip_init_encoder: bool = False,
+        frontend: Frontend = "processor",
     ) -> None:
         super().__init__(modality=MODALITY, is_discrete=False)
         if encoder_choice not in ENCODER_CHOICES:
@@ -179,15 +197,15 @@ class ContinuousAudioIO(AbsIO):
         self.torch_dtype = self.dtype_choice.dtype
         self.attn_implementation = check_attn_implementation(attn_implementation, target, self.torch_dtype)
         self.policy = AudioPolicy(resample, multichannel, max_duration_s, normalize)
+        self.frontend = check_frontend(frontend, self.policy)
         self.long_clip = check_long_clip_policy(long_clip)
         # the length-stats step needs no weights: a shipped card gives family and features without any download
         self.source: EncoderSource = resolve(encoder_hf_model_tag, weights, revision, config_only=skip_init_encoder)
         self.family = self.source.family
-        self.features = self.source.features
+        self.features = frontend_features(self.source.features, self.frontend, self.family.name)
         self._feature_dim = self.family.output_dim(self.source.encoder_config)
         self.dropped_weights: tuple[str, ...] = ()
         if skip_init_encoder:
-            self.encoder: nn.Module | None = None
             log.info("skip_init_encoder=True: no %s encoder built; preprocess/find_length only", self.family.name)
             return
         if warning := emulation_warning(self.torch_dtype, target):
@@ -195,7 +213,7 @@ class ContinuousAudioIO(AbsIO):
         log.info("compute dtype %s (%s)", self.dtype_choice.name, self.dtype_choice.reason)
         start = time.perf_counter()
         hf_attention = "sdpa" if self.attn_implementation == VARLEN_IMPLEMENTATION else self.attn_implementation
-        self.encoder = build_encoder(self.source, weights, self.torch_dtype, hf_attention, seed).to(target)
+        self._attach_encoder(build_encoder(self.source, weights, self.torch_dtype, hf_attention, seed).to(target))
         if self.attn_implementation in (VARLEN_IMPLEMENTATION, "sdpa"):  # asked for by name: the packed forward
             setattr(self.encoder.config, KERNEL_ATTRIBUTE, self.attn_implementation)  # uses exactly that kernel
         log.info(
@@ -208,7 +226,33 @@ class ContinuousAudioIO(AbsIO):
             self.source.describe(),
             time.perf_counter() - start,
         )
+        values = {name: p.detach() for name, p in self.encoder.named_parameters()}
         self.dropped_weights = drop_unread_parameters(self.encoder, lambda: self._forward_silence(self.encoder))
+        if self.keep_dropped_weights:  # their state_dict keys stay (checkpoints interchange); no gradient, no DDP
+            for name in self.dropped_weights:
+                owner, _, leaf = name.rpartition(".")
+                module = self.encoder.get_submodule(owner)
+                del module._parameters[leaf]  # unregistered (None) by drop_unread_parameters
+                module.register_buffer(leaf, values[name])
+
+    # ------------------------------------------------------------------- the tower
+    @property
+    def encoder(self) -> nn.Module | None:
+        """The audio tower, at :attr:`tower_path` in this module (None without weights: a worker copy, ...)."""
+        module: nn.Module | None = self
+        for name in self.tower_path.split("."):
+            module = module._modules.get(name) if module is not None else None
+        return module
+
+    def _attach_encoder(self, encoder: nn.Module) -> None:
+        """Put the tower at :attr:`tower_path`, creating empty holder modules on the way (ESPnet's ``model``)."""
+        *owners, leaf = self.tower_path.split(".")
+        module: nn.Module = self
+        for name in owners:
+            if module._modules.get(name) is None:
+                module._modules[name] = nn.Module()
+            module = module._modules[name]
+        module._modules[leaf] = encoder
 
     # ----------------------------------------------------------------- metadata
     @property
@@ -254,22 +298,24 @@ class ContinuousAudioIO(AbsIO):
         Whisper's log-mel); T = the encoder rows for M frames (0 for clips too short to give one
         row). A ``[N, C]`` array with N > C is transposed (logged once), as ESPnet does.
         """
-        wav, sr = _unpack(data)
-        mono = prepare_waveform(wav, sr, self.sample_rate, self.policy)
-        return self._lm_positions(self.features.compute(mono))
+        return self._lm_positions(self.features.compute(self._mono(*_unpack(data))))
 
     def preprocess_batch(
         self, batch: list[tuple[Any, Any]]
     ) -> list[tuple[np.ndarray, tuple[int, np.ndarray], np.ndarray]]:
         """``[preprocess(d) for d in batch]`` with the featurizer's batched kernels (Whisper's: within 1e-6)."""
-        monos = [prepare_waveform(*_unpack(data), self.sample_rate, self.policy) for data in batch]
+        monos = [self._mono(*_unpack(data)) for data in batch]
         return [self._lm_positions(mel) for mel in self.features.compute_batch(monos)]
 
     def _lm_positions(self, mel: torch.Tensor) -> tuple[np.ndarray, tuple[int, np.ndarray], np.ndarray]:
-        """``mel [M, n_mels]`` -> preprocess's ``(zeros [T, 1] int64, (T, mel), zeros [T, 1] float32)``."""
+        """``mel [M, n_mels]`` -> preprocess's ``(zeros [T, 1], (T, mel), zeros [T, 1])``.
+
+        ``seq`` int64 and ``loss_mask`` float32; both int32 with ``frontend="espnet"``, as ESPnet's class gives them.
+        """
         mel_array = mel.numpy().copy()  # own the memory: no view of a larger buffer
         rows = int(self._rows(mel_array.shape[0]))
-        return np.zeros((rows, 1), dtype=np.int64), (rows, mel_array), np.zeros((rows, 1), dtype=np.float32)
+        seq_dtype, mask_dtype = (np.int32, np.int32) if self.frontend == "espnet" else (np.int64, np.float32)
+        return np.zeros((rows, 1), dtype=seq_dtype), (rows, mel_array), np.zeros((rows, 1), dtype=mask_dtype)
 
     def find_length(self, data: Any, before_length: int | torch.Tensor | None = None) -> int | torch.Tensor:
         """LM positions ``T`` for a clip, by integer arithmetic only (no STFT, no resampling, no samples read).
@@ -299,9 +345,18 @@ class ContinuousAudioIO(AbsIO):
         rows = self.family.rows(mel_len)
         return rows if isinstance(rows, torch.Tensor) else int(rows)
 
+    def _mono(self, wav: Any, sr: Any) -> np.ndarray:
+        """The clip as the frontend hands it to the featurizer: mono float32 at the model's rate."""
+        if self.frontend == "espnet":
+            check_layout(wav, sr, self.sample_rate, self.policy)  # max_duration_s; ESPnet's own checks follow
+            return espnet_mono(wav, sr, self.sample_rate)
+        return prepare_waveform(wav, sr, self.sample_rate, self.policy)
+
     def _samples_at_model_rate(self, wav: Any, sr: Any) -> int:
         # the checks preprocess makes before reading a sample, so both refuse the same clips
         sr, _, num_samples = check_layout(wav, sr, self.sample_rate, self.policy)
+        if self.frontend == "espnet":  # ESPnet's own count: int(N * 16000 / sr), float maths
+            return espnet_samples(num_samples, sr, self.sample_rate)
         samples = resampled_length(num_samples, sr, self.sample_rate)
         check_not_empty_after_resampling(samples, num_samples, sr, self.sample_rate)
         return samples
@@ -390,22 +445,28 @@ class ContinuousAudioIO(AbsIO):
         return self.family.forward(encoder, mel, torch.tensor([DUMMY_FRAMES]))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Also accept ESPnet's layout (``model.audio_tower.*``) and the weights this encoder dropped.
+        """Also accept the other class's layout and the weights the forward never reads.
 
-        ESPnet's own ``ContinuousAudioIO`` keeps the tower inside a thinker under ``model.audio_tower``,
-        weights its forward never reads included (e.g. ``audio_bos_eos_token``). Those keys are
-        renamed to ``encoder.*``, the dropped weights are discarded (logged once), and
-        everything else stays strict.
+        contaudio keeps the tower at ``encoder.*``, ESPnet's own ``ContinuousAudioIO`` (and
+        ``contaudio.integrations.espnet``) at ``model.audio_tower.*``, weights its forward never reads
+        included (e.g. ``audio_bos_eos_token``). Keys of the other layout are renamed to this class's
+        :attr:`tower_path`; the dropped weights are discarded (logged once), or, where this class keeps
+        them as buffers, taken when present and left as they are when absent. Everything else stays strict.
         """
-        for key in [k for k in state_dict if k.startswith(prefix + ESPNET_TOWER_PREFIX)]:
-            state_dict[prefix + "encoder." + key[len(prefix + ESPNET_TOWER_PREFIX) :]] = state_dict.pop(key)
-        discarded = [
-            name for name in self.dropped_weights if state_dict.pop(prefix + "encoder." + name, None) is not None
-        ]
-        if discarded:
-            log_once(
-                f"discard-{prefix}", f"ignoring checkpoint weights the encoder never reads: {', '.join(discarded)}"
-            )
+        tower = prefix + self.tower_path + "."
+        for other in (prefix + path + "." for path in TOWER_PATHS if path != self.tower_path):
+            for key in [k for k in state_dict if k.startswith(other)]:
+                state_dict[tower + key[len(other) :]] = state_dict.pop(key)
+        if self.keep_dropped_weights and self.encoder is not None:
+            buffers = dict(self.encoder.named_buffers())
+            for name in self.dropped_weights:
+                state_dict.setdefault(tower + name, buffers[name])
+        else:
+            discarded = [name for name in self.dropped_weights if state_dict.pop(tower + name, None) is not None]
+            if discarded:
+                log_once(
+                    f"discard-{prefix}", f"ignoring checkpoint weights the encoder never reads: {', '.join(discarded)}"
+                )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def copy_for_worker(self) -> ContinuousAudioIO:
@@ -426,6 +487,35 @@ class ContinuousAudioIO(AbsIO):
 
     def extra_repr(self) -> str:
         return f"family={self.family.name}, tag={self.source.tag!r}, dtype={self.torch_dtype}"
+
+
+def check_frontend(frontend: str, policy: AudioPolicy) -> str:
+    """A known frontend; ``"espnet"`` does what ESPnet does, so it refuses the processor frontend's audio policies."""
+    if frontend not in FRONTENDS:
+        raise ValueError(f"frontend must be one of {FRONTENDS}, got {frontend!r}")
+    if frontend == "espnet" and (policy.resample, policy.multichannel, policy.normalize) != (
+        "resample",
+        "average",
+        False,
+    ):
+        raise ValueError(
+            "frontend='espnet' prepares audio exactly as ESPnet's ContinuousAudioIO (channel 0, torchaudio "
+            "resampling, normalised); resample/multichannel/normalize are the 'processor' frontend's options: "
+            "drop them, or use frontend='processor'"
+        )
+    return frontend
+
+
+def frontend_features(features: Featurizer, frontend: str, family: str) -> Featurizer:
+    """The checkpoint's featurizer as ``frontend`` calls it (``"espnet"``: Whisper's extractor unpadded, normalised)."""
+    if frontend == "processor":
+        return features
+    if type(features) is not FeatureConfig or features.waveform_window_s:
+        raise ValueError(
+            f"frontend='espnet' reproduces ESPnet's ContinuousAudioIO, which runs a Whisper feature extractor on the "
+            f"whole clip; {family} uses {type(features).__name__}: use frontend='processor'"
+        )
+    return EspnetWhisperFeatures.of(features)
 
 
 def check_counts(value: Any, what: str) -> int | torch.Tensor:

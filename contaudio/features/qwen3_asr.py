@@ -22,16 +22,7 @@ import torch
 from transformers.models.qwen3_asr.feature_extraction_qwen3_asr import Qwen3ASRFeatureExtractor
 
 from contaudio.features.base import register_featurizer
-from contaudio.features.whisper import (
-    LOG_FLOOR,
-    LOG_MEL_BLOCK_FRAMES,
-    LOG_OFFSET,
-    LOG_SCALE,
-    FeatureConfig,
-    hann_window,
-    mel_filters,
-    power_spectrum,
-)
+from contaudio.features.whisper import FeatureConfig, reflected_log_mel
 from contaudio.lengths import IntOrTensor
 
 QWEN3_ASR_MIN_SAMPLES = 8000  # the extractor's min_length: shorter clips are zero-padded to 0.5 s
@@ -76,26 +67,9 @@ class Qwen3ASRFeatures(FeatureConfig):
 def qwen3_asr_log_mel(wav: np.ndarray | torch.Tensor, cfg: Qwen3ASRFeatures) -> torch.Tensor:
     """A clip alone through Qwen3-ASR's extractor: ``[N]`` -> ``[max(N, min_length) // hop, n_mels]`` float32.
 
-    Zero-pad to ``min_length``, reflect-pad ``n_fft // 2`` on both sides (``torch.stft(center=True)``),
-    keep all frames but the last, clamp to 80 dB below the clip's maximum, rescale. The STFT runs
-    in blocks of ``LOG_MEL_BLOCK_FRAMES`` frames so memory stays bounded for long audio.
+    Zero-pad to ``min_length``, then Whisper's log-mel with a reflected end (:func:`reflected_log_mel`).
     """
     wav = torch.as_tensor(wav, dtype=torch.float32)
-    samples = padded_samples(wav.shape[-1], cfg.min_length)
-    half = cfg.n_fft // 2
-    if samples <= half:
-        raise ValueError(f"{samples} samples cannot be reflect-padded by {half}; min_length must be > n_fft // 2")
-    padded = torch.nn.functional.pad(wav, (0, samples - wav.shape[-1]))
-    padded = torch.nn.functional.pad(padded[None], (half, half), mode="reflect")[0]
-    frames = cfg.frames(wav.shape[-1])
-    log_spec = torch.empty(frames, cfg.n_mels)
-    for start in range(0, frames, LOG_MEL_BLOCK_FRAMES):
-        stop = min(start + LOG_MEL_BLOCK_FRAMES, frames)
-        segment = padded[start * cfg.hop_length : (stop - 1) * cfg.hop_length + cfg.n_fft]
-        spec = torch.stft(
-            segment, cfg.n_fft, cfg.hop_length, window=hann_window(cfg.n_fft), center=False, return_complex=True
-        )
-        torch.matmul(power_spectrum(spec).T, mel_filters(cfg), out=log_spec[start:stop])
-    log_spec = log_spec.clamp_(min=LOG_FLOOR).log10_()
-    log_spec = log_spec.clamp_(min=float(log_spec.max()) - cfg.dynamic_range)
-    return log_spec.add_(LOG_OFFSET).div_(LOG_SCALE)
+    return reflected_log_mel(
+        torch.nn.functional.pad(wav, (0, padded_samples(wav.shape[-1], cfg.min_length) - wav.shape[-1])), cfg
+    )

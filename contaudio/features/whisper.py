@@ -203,6 +203,39 @@ def log_mel(wav: np.ndarray | torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     return log_spec[: mel_frames(num_samples, cfg.hop_length)].add_(LOG_OFFSET).div_(LOG_SCALE)
 
 
+def reflected_log_mel(wav: np.ndarray | torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """Whisper's log-mel of a clip as HF's extractor computes it *unpadded*: ``[N]`` -> ``[N // hop, n_mels]``.
+
+    What ``WhisperFeatureExtractor`` gives a clip it does not pad (``max_length=N``, Qwen3-ASR's and
+    Qwen3-Omni's ``padding=True`` on a clip alone, ESPnet's ``ContinuousAudioIO``): ``torch.stft(center=True)``
+    reflects ``n_fft // 2`` samples at both ends, the STFT's last frame is dropped, and the clamp takes the
+    maximum over the ``N // hop`` frames kept. The STFT runs in blocks of ``LOG_MEL_BLOCK_FRAMES`` frames so
+    memory stays bounded for long audio. Needs ``N > n_fft // 2`` (the reflection), as HF's extractor does.
+    """
+    wav = torch.as_tensor(wav, dtype=torch.float32)
+    half = cfg.n_fft // 2
+    if wav.shape[-1] <= half:
+        raise ValueError(
+            f"a clip of {wav.shape[-1]} samples cannot be reflect-padded by n_fft // 2 = {half}: the unpadded "
+            f"extraction needs more than {half} samples ({half / cfg.sampling_rate * 1000:.1f} ms at "
+            f"{cfg.sampling_rate} Hz); drop the clip or zero-pad it"
+        )
+    padded = torch.nn.functional.pad(wav[None], (half, half), mode="reflect")[0]
+    frames = wav.shape[-1] // cfg.hop_length
+    log_spec = torch.empty(frames, cfg.n_mels)  # [N // hop, n_mels]
+    for start in range(0, frames, LOG_MEL_BLOCK_FRAMES):
+        stop = min(start + LOG_MEL_BLOCK_FRAMES, frames)
+        segment = padded[start * cfg.hop_length : (stop - 1) * cfg.hop_length + cfg.n_fft]
+        spec = torch.stft(
+            segment, cfg.n_fft, cfg.hop_length, window=hann_window(cfg.n_fft), center=False, return_complex=True
+        )
+        torch.matmul(power_spectrum(spec).T, mel_filters(cfg), out=log_spec[start:stop])
+    log_spec = log_spec.clamp_(min=LOG_FLOOR).log10_()
+    if frames:
+        log_spec = log_spec.clamp_(min=float(log_spec.max()) - cfg.dynamic_range)
+    return log_spec.add_(LOG_OFFSET).div_(LOG_SCALE)
+
+
 STFT_BLOCK_FRAMES = 1024  # padded STFT frames per batched call (~10 s of audio): buffers stay in cache
 # log_mel_batch vs log_mel: a batched STFT and mel GEMM run other vectorised kernels than one clip's (which ones
 # depends on the CPU: AVX2, AVX-512, AMX), so a value may differ in its last float32 bit. Measured: 1.2e-7
