@@ -97,8 +97,6 @@ class ExtractConf:
     allow_mixed: bool = MISSING
     verify: int = MISSING
     decode_lengths: bool = MISSING
-    espnet: bool = MISSING
-    espnet_offset: int = MISSING
     rank: int | None = None
     world_size: int | None = None
     progress: bool = MISSING

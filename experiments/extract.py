@@ -30,8 +30,8 @@ def options(cfg: DictConfig) -> ExtractOptions:
     return ExtractOptions(
         out=Path(e.out), mode=e.mode, workers=e.workers, max_frames=e.max_frames, max_clips=e.max_clips,
         shard_mb=e.shard_mb, store_dtype=e.store_dtype, overwrite=e.overwrite, allow_mixed=e.allow_mixed,
-        verify=e.verify, seed=cfg.seed, decode_lengths=e.decode_lengths, espnet=e.espnet,
-        espnet_offset=e.espnet_offset, progress=e.progress,
+        verify=e.verify, seed=cfg.seed, decode_lengths=e.decode_lengths,
+        progress=e.progress,
     )  # fmt: skip
 
 

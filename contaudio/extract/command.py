@@ -6,8 +6,10 @@ import argparse
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from contaudio.dtypes import DTYPES
 from contaudio.extract.manifests import MANIFEST_FORMATS, read_manifest
@@ -17,15 +19,17 @@ from contaudio.extract.shards import finished_shards, merge_parts, write_index
 
 log = logging.getLogger(__name__)
 
-LENGTH_PARTS = ("lengths", "lengths_espnet", "errors")  # per-rank files extract-index concatenates
+LENGTH_PARTS = ("lengths", "errors")  # per-rank files extract-index concatenates
 
 EXTRACT_EPILOG = """\
 inputs: a Lhotse CutSet/RecordingSet (*.jsonl.gz), a Kaldi wav.scp or data folder (+ segments), a JSONL of
 {"id", "path"[, "start", "end"]}, a folder of audio files or a glob pattern ('corpus/**/*.flac').
-outputs in --out: lengths mode: lengths.jsonl (id, samples at the model rate, mel_frames, rows, duration_s)
-and with --espnet lengths_espnet.jsonl, one {"<id>": rows} per line. ESPnet's length-stats step counts
-1 (<bos>) + sum over the example's messages of (3 + find_length(message)): an example made of one audio
-message is rows + 4 (--espnet-offset 4); text messages add their tokens, which only ESPnet knows.
+outputs in --out: lengths mode: lengths.jsonl (id, samples at the model rate, mel_frames, rows, duration_s).
+--mode lengths --espnet --train-config train.yaml --specifier task:name:data.json (no INPUT; in ESPnet's
+environment): stats_<task>_<name>.jsonl exactly as ESPnet's bin/prepare_length_stats.py writes them (its own job,
+preprocessor and readers, contaudio's IO registered; audio counted from file headers). A sample that cannot be
+read fails the run, listing the ids; --espnet-drop-unreadable leaves them out and writes data_<task>_<name>.json
+(the data json without them) to train on.
 features mode: shard-r<rank>-<n>.safetensors (one [rows, D] tensor per clip), index.jsonl, meta.json;
 read them with contaudio.FeatureStore(out). Both: errors.jsonl (clips that could not be read) and
 summary.json. A rerun skips finished shards; another configuration is refused unless --overwrite or
@@ -38,8 +42,8 @@ def add_extract_commands(sub: argparse._SubParsersAction, add_encoder_arguments:
     """Register ``extract`` (with the encoder arguments of ``encode``) and ``extract-index``."""
     ext = sub.add_parser("extract", help="lengths or features for a whole manifest, resumable, sharded",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXTRACT_EPILOG)  # fmt: skip
-    ext.add_argument("input", help="manifest, wav.scp, Kaldi/ESPnet data folder, JSONL, audio folder or glob")
-    ext.add_argument("--out", type=Path, required=True, help="output folder (shared by every rank)")
+    ext.add_argument("input", nargs="?", help="manifest, wav.scp, Kaldi/ESPnet data folder, JSONL, audio folder, glob")
+    ext.add_argument("--out", "--output-dir", type=Path, required=True, help="output folder (shared by every rank)")
     ext.add_argument("--mode", choices=MODES, default="features", help="lengths (no encoder) or features")
     ext.add_argument("--format", choices=MANIFEST_FORMATS, default="auto", help="manifest format (default: by name)")
     ext.add_argument("--segments", help="Kaldi segments file (default: the one beside wav.scp, if any)")
@@ -57,8 +61,13 @@ def add_extract_commands(sub: argparse._SubParsersAction, add_encoder_arguments:
     ext.add_argument("--verify", type=int, default=0, metavar="N",
                      help="re-encode N random clips and compare; check every stored row count")  # fmt: skip
     ext.add_argument("--decode-lengths", action="store_true", help="count samples by decoding, not from headers")
-    ext.add_argument("--espnet", action="store_true", help="also write ESPnet's {id: int} lengths")
-    ext.add_argument("--espnet-offset", type=int, default=0, help="added to each ESPnet length (see below)")
+    ext.add_argument("--espnet", action="store_true", help="ESPnet's length stats, exactly (see below)")
+    ext.add_argument("--train-config", type=Path, help="--espnet: ESPnet's train YAML (its job and IOs)")
+    ext.add_argument("--specifier", "--train-unregistered-specifier", "--valid-unregistered-specifier",
+                     action="append", default=[], metavar="TASK:NAME:DATA_JSON[:FACTOR]",
+                     help="--espnet: one ESPnet data specifier; repeat for more")  # fmt: skip
+    ext.add_argument("--espnet-drop-unreadable", action="store_true",
+                     help="--espnet: leave unreadable samples out (and write a data json without them)")  # fmt: skip
     ext.add_argument("--rank", type=int, default=None, help="this job's slice (default: torchrun/SLURM env)")
     ext.add_argument("--world-size", type=int, default=None, help="number of slices")
     ext.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -70,12 +79,15 @@ def add_extract_commands(sub: argparse._SubParsersAction, add_encoder_arguments:
 
 
 def extract(args: argparse.Namespace) -> None:
+    if args.espnet:
+        return extract_espnet_stats(args)
+    if args.input is None:
+        raise SystemExit("extract needs INPUT (a manifest, folder or glob), or --espnet with --specifier")
     clips = read_manifest(args.input, args.format, args.segments)
     options = ExtractOptions(
         out=args.out, mode=args.mode, workers=args.workers, max_frames=args.max_frames, max_clips=args.max_clips,
         shard_mb=args.shard_mb, store_dtype=args.store_dtype, overwrite=args.overwrite, allow_mixed=args.allow_mixed,
-        verify=args.verify, seed=args.seed, decode_lengths=args.decode_lengths, espnet=args.espnet,
-        espnet_offset=args.espnet_offset, progress=not args.no_progress,
+        verify=args.verify, seed=args.seed, decode_lengths=args.decode_lengths, progress=not args.no_progress,
     )  # fmt: skip
     io_kwargs = {
         "encoder_hf_model_tag": args.tag, "weights": args.weights, "dtype": args.dtype, "device": args.device,
@@ -88,6 +100,35 @@ def extract(args: argparse.Namespace) -> None:
     if summary.get("passed") is False:
         report = summary["verify"]
         raise SystemExit(f"verify failed: {report['failed']} problem(s), e.g. {report['failures'][:3]}")
+
+
+def usage_error(message: str) -> NoReturn:
+    """``error: message`` on stderr, exit status 2 (a refused command line, as argparse)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def extract_espnet_stats(args: argparse.Namespace) -> None:
+    """``--espnet``: ESPnet's ``stats_<task>_<name>.jsonl`` (``contaudio.integrations.espnet.stats``); exit 2 when
+    refused (no ESPnet, a missing flag), 1 listing the ids when samples cannot be read."""
+    from contaudio.integrations.espnet.stats import EspnetMissing, UnreadableSamples, espnet_stats
+
+    if args.mode != "lengths":
+        usage_error("--espnet writes ESPnet's length stats: use it with --mode lengths")
+    if args.input is not None:
+        usage_error(f"--espnet reads ESPnet's data json from --specifier TASK:NAME:DATA_JSON, not INPUT ({args.input})")
+    if args.train_config is None or not args.specifier:
+        usage_error("--espnet needs --train-config (ESPnet's train YAML) and at least one --specifier")
+    try:
+        results = espnet_stats(args.train_config, args.specifier, args.out, args.espnet_drop_unreadable)
+    except EspnetMissing as err:
+        usage_error(str(err))
+    except UnreadableSamples as err:
+        raise SystemExit(f"error: {err}") from err
+    summary = [{"stats": str(r.path), "samples": len(r.stats), "skipped_existing": r.skipped,
+                "dropped": sorted(r.dropped), "data_json": str(r.data_json) if r.data_json else None}
+               for r in results]  # fmt: skip
+    print(json.dumps(summary, indent=2))
 
 
 def extract_index(args: argparse.Namespace) -> None:

@@ -1,7 +1,7 @@
 """One extract job: this rank's slice of a manifest -> lengths JSONL, or feature shards + index.
 
 lengths: file headers in data-loader workers -> ``find_length`` (no encoder, no decoding where the
-header gives the length) -> ``lengths.jsonl`` (+ ESPnet's ``{id: int}`` form on request).
+header gives the length) -> ``lengths.jsonl`` (ESPnet's own stats: ``contaudio.integrations.espnet.stats``).
 
 features: headers -> batches by length under a frame budget -> data-loader workers decode and
 ``preprocess`` each batch on ``copy_for_worker()`` copies -> ``encode_batch`` under
@@ -72,8 +72,7 @@ class ExtractOptions:
     dtype), "bfloat16"/"bf16" or "float32"/"fp32". overwrite: replace an output of another
     configuration; allow_mixed: add beside it. verify: clips to re-encode and compare after the run
     (every stored row count is checked whenever verify > 0). decode_lengths: count samples by
-    decoding, not from headers. espnet: also write ESPnet's ``{id: int}`` lengths, each plus
-    ``espnet_offset``. progress: a progress bar (a log line every 30 s without a terminal).
+    decoding, not from headers. progress: a progress bar (a log line every 30 s without a terminal).
     """
 
     out: Path
@@ -88,8 +87,6 @@ class ExtractOptions:
     verify: int = 0
     seed: int = 0
     decode_lengths: bool = False
-    espnet: bool = False
-    espnet_offset: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -239,7 +236,7 @@ def probe_all(
 
 
 def extract_lengths(io: ContinuousAudioIO, clips: Sequence[Clip], options: ExtractOptions, rank: RankInfo) -> dict:
-    """lengths.jsonl (+ lengths_espnet.jsonl) for this rank's clips; returns the summary."""
+    """lengths.jsonl for this rank's clips; returns the summary."""
     start = time.perf_counter()
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
@@ -253,9 +250,6 @@ def extract_lengths(io: ContinuousAudioIO, clips: Sequence[Clip], options: Extra
         errors.close()
     found = [length for length in lengths if length is not None]
     write_jsonl_atomic(out / f"lengths{suffix}.jsonl", (length.record() for length in found))
-    if options.espnet:
-        write_jsonl_atomic(out / f"lengths_espnet{suffix}.jsonl",
-                           ({length.id: length.rows + options.espnet_offset} for length in found))  # fmt: skip
     wall = time.perf_counter() - start
     audio_s = sum(length.duration_s for length in found)
     summary = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -19,12 +20,32 @@ TINY = ["--tag", TINY_KWARGS["encoder_hf_model_tag"], "--weights", "random", "--
 def test_cli_lengths_per_rank_then_one_file(corpus, tmp_path, capsys) -> None:
     for rank in (0, 1):
         main(["extract", str(corpus.manifest), "--out", str(tmp_path), "--mode", "lengths", "--workers", "0",
-              "--espnet", "--rank", str(rank), "--world-size", "2", *TINY])  # fmt: skip
+              "--rank", str(rank), "--world-size", "2", *TINY])  # fmt: skip
     assert json.loads(capsys.readouterr().out.split("\n}\n")[-2] + "}")["rank"] == 1
     main(["extract-index", str(tmp_path)])
     assert sorted(r["id"] for r in read_jsonl(tmp_path / "lengths.jsonl")) == sorted(corpus.good_ids)
-    assert len(read_jsonl(tmp_path / "lengths_espnet.jsonl")) == len(corpus.good_ids)
     assert sorted(r["id"] for r in read_jsonl(tmp_path / "errors.jsonl")) == sorted(BAD_IDS)
+
+
+def test_cli_espnet_stats_refused_without_espnet(tmp_path, capsys) -> None:
+    """``--espnet`` computes ESPnet's stats with ESPnet's own code: without ESPnet it says so (exit 2)."""
+    if importlib.util.find_spec("espnet2") is not None:
+        pytest.skip("ESPnet is installed here: tests/integration/test_stats.py runs --espnet for real")
+    spec = f"audio_to_text:train:{tmp_path / 'data.json'}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "--mode", "lengths", "--espnet", "--train-config", str(tmp_path / "train.yaml"),
+              "--specifier", spec, "--out", str(tmp_path / "stats")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "ESPnet's SpeechLM is not importable" in err and "espnet[speechlm]" in err
+    assert not (tmp_path / "stats").exists()
+
+
+def test_cli_espnet_refuses_an_input_and_extract_needs_one(corpus, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", str(corpus.manifest), "--mode", "lengths", "--espnet", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--specifier" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="extract needs INPUT"):
+        main(["extract", "--mode", "lengths", "--out", str(tmp_path)])
 
 
 def test_cli_features_with_verify(corpus, tmp_path) -> None:

@@ -31,7 +31,7 @@ def test_lengths_mode_reads_headers_only(corpus, lengths_io, tmp_path, monkeypat
 
     monkeypatch.setattr(soundfile, "read", no_decoding)
     assert build_io(TINY_KWARGS, "lengths", SINGLE).encoder is None
-    options = ExtractOptions(out=tmp_path, mode="lengths", workers=0, espnet=True, espnet_offset=4)
+    options = ExtractOptions(out=tmp_path, mode="lengths", workers=0)
     summary = run_extract(corpus.clips(), TINY_KWARGS, options, SINGLE)
     monkeypatch.undo()
     clips = {c.id: c for c in corpus.clips()}
@@ -42,7 +42,6 @@ def test_lengths_mode_reads_headers_only(corpus, lengths_io, tmp_path, monkeypat
         mel = lengths_io.preprocess((wav, rate))[1][1]
         assert record["rows"] == lengths_io.find_length((wav, rate)) and record["mel_frames"] == mel.shape[0]
         assert record["samples"] == pytest.approx(wav.shape[1] * 16000 / rate, abs=1)
-    assert read_jsonl(tmp_path / "lengths_espnet.jsonl") == [{r["id"]: r["rows"] + 4} for r in lengths]
     errors = read_jsonl(tmp_path / "errors.jsonl")
     assert [(e["id"], e["stage"]) for e in errors] == [(i, "probe") for i in BAD_IDS]
     assert "file not found" in errors[0]["error"] and errors[0]["where"].endswith("clips.jsonl:8")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
 from helpers import checkpoints as ck
 
 QWEN_OMNI_7B = "Qwen/Qwen2.5-Omni-7B"
