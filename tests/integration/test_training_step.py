@@ -21,14 +21,18 @@ SAMPLES = ("utt01", "utt02", "utt03", "utt04")
 SEED = 0
 
 
-def training_step(recipe, contaudio: bool) -> tuple[float, torch.nn.Module]:
-    """``(loss, the continuous-audio IO)`` after one forward + backward of ESPnet's model on ``SAMPLES``."""
+def training_step(recipe, contaudio: bool, **io_overrides) -> tuple[float, torch.nn.Module]:
+    """``(loss, the continuous-audio IO)`` after one forward + backward of ESPnet's model on ``SAMPLES``.
+
+    ``io_overrides``: extra YAML keys for the ``continuous_audio`` IO (e.g. ``frontend``).
+    """
     from espnet2.speechlm.dataloader.dataset import SingleDataset
     from espnet2.speechlm.model.speechlm import speechlm_job
 
     from contaudio.integrations.espnet import register
 
     config = yaml.safe_load(recipe.train_yaml.read_text())
+    config["multimodal_io"]["continuous_audio"].update(io_overrides)
     before = dict(speechlm_job._multimodal_ios)
     try:
         if contaudio:
@@ -93,3 +97,9 @@ def test_every_audio_tower_parameter_gets_a_gradient(contaudio_step) -> None:
 def test_loss_equals_espnet_class(espnet_step, contaudio_step) -> None:
     """Needs contaudio's ``frontend="espnet"`` (channel 0, torchaudio resampling, normalised features, N // 160)."""
     assert contaudio_step[0] == pytest.approx(espnet_step[0], rel=1e-4, abs=1e-5)
+
+
+def test_the_loss_check_fails_with_another_frontend(float_recipe, espnet_step) -> None:
+    """The same step with the model processor's features (not ESPnet's) gives another loss: the check can fail."""
+    loss, _ = training_step(float_recipe, contaudio=True, frontend="processor")
+    assert loss != pytest.approx(espnet_step[0], rel=1e-4, abs=1e-5)
