@@ -97,6 +97,8 @@ class ExtractConf:
     allow_mixed: bool = MISSING
     verify: int = MISSING
     decode_lengths: bool = MISSING
+    max_errors: int | None = None  # fail when more clips than this cannot be used (None: only when all fail)
+    retry_failed: bool = MISSING
     rank: int | None = None
     world_size: int | None = None
     progress: bool = MISSING

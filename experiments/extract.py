@@ -9,6 +9,7 @@ python -m experiments.extract -m hydra/launcher=slurm device=cuda extract.world_
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from omegaconf import DictConfig
 
 from contaudio import ContinuousAudioIO
 from contaudio.extract import ExtractOptions, RankInfo, read_manifest, resolve_rank
-from contaudio.extract.run import build_io, extract_with
+from contaudio.extract.run import build_io, extract_opened, open_output
 from experiments import config as _config  # noqa: F401  (registers the schema)
 from experiments.common import io_kwargs, run_experiment
 
@@ -31,7 +32,7 @@ def options(cfg: DictConfig) -> ExtractOptions:
         out=Path(e.out), mode=e.mode, workers=e.workers, max_frames=e.max_frames, max_clips=e.max_clips,
         shard_mb=e.shard_mb, store_dtype=e.store_dtype, overwrite=e.overwrite, allow_mixed=e.allow_mixed,
         verify=e.verify, seed=cfg.seed, decode_lengths=e.decode_lengths,
-        progress=e.progress,
+        progress=e.progress, max_errors=e.max_errors, retry_failed=e.retry_failed,
     )  # fmt: skip
 
 
@@ -43,16 +44,21 @@ def rank_of(cfg: DictConfig) -> RankInfo:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Extract this job's slice; returns the record (also written as record-extract.json)."""
+    """Extract this job's slice; returns the record (also written as record-extract.json). The output folder is
+    checked and this slice locked before the encoder is built; the lock is held until the job ends."""
+    digest: list[str | None] = []
 
-    def make_io(cfg: DictConfig) -> ContinuousAudioIO:
-        return build_io(io_kwargs(cfg), cfg.extract.mode, rank_of(cfg))
+    with contextlib.ExitStack() as held:
 
-    def body(cfg: DictConfig, io: ContinuousAudioIO):
-        clips = read_manifest(cfg.extract.input, cfg.extract.format, cfg.extract.segments)
-        return extract_with(io, clips, io_kwargs(cfg), options(cfg), rank_of(cfg)), {}
+        def make_io(cfg: DictConfig) -> ContinuousAudioIO:
+            digest.append(held.enter_context(open_output(io_kwargs(cfg), options(cfg), rank_of(cfg))))
+            return build_io(io_kwargs(cfg), cfg.extract.mode, rank_of(cfg))
 
-    return run_experiment("extract", cfg, body, make_io=make_io)
+        def body(cfg: DictConfig, io: ContinuousAudioIO):
+            clips = read_manifest(cfg.extract.input, cfg.extract.format, cfg.extract.segments)
+            return extract_opened(io, clips, io_kwargs(cfg), options(cfg), rank_of(cfg), digest[0]), {}
+
+        return run_experiment("extract", cfg, body, make_io=make_io)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from contaudio.dtypes import DTYPES
-from contaudio.extract.manifests import MANIFEST_FORMATS, read_manifest
+from contaudio.extract.manifests import MANIFEST_FORMATS, ManifestError, read_manifest
 from contaudio.extract.ranks import resolve_rank
 from contaudio.extract.run import MODES, STORE_SAME, ExtractOptions, run_extract
-from contaudio.extract.shards import finished_shards, merge_parts, write_index
+from contaudio.extract.shards import RefusedError, finished_shards, merge_parts, read_meta, write_index
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,14 @@ read fails the run, listing the ids; --espnet-drop-unreadable leaves them out an
 (the data json without them) to train on.
 features mode: shard-r<rank>-<n>.safetensors (one [rows, D] tensor per clip), index.jsonl, meta.json;
 read them with contaudio.FeatureStore(out). Both: errors.jsonl (clips that could not be read) and
-summary.json. A rerun skips finished shards; another configuration is refused unless --overwrite or
---allow-mixed. Ranks: torchrun (RANK/WORLD_SIZE, one GPU each via LOCAL_RANK), a SLURM array
-(SLURM_ARRAY_TASK_ID/COUNT) or --rank/--world-size; then `extract-index OUT` rebuilds one index.
+summary.json. A rerun skips finished shards (and the clips they record as undecodable, unless
+--retry-failed); another configuration is refused unless --overwrite or --allow-mixed. One run per
+rank slice: a second one on the same slice is refused, naming the first (a lock in OUT). Ranks:
+torchrun (RANK/WORLD_SIZE, one GPU each via LOCAL_RANK), a SLURM array (SLURM_ARRAY_TASK_ID/COUNT)
+or --rank/--world-size; then `extract-index OUT` rebuilds one index.
+exit status: 0 done; 1 too many clips failed (every clip, or more than --max-errors N) or --verify
+failed; 2 refused before any work (a bad manifest or command line, an output folder that is a file,
+not writable, locked by another run or holding another configuration, a tag that cannot be built).
 """
 
 
@@ -61,6 +66,18 @@ def add_extract_commands(sub: argparse._SubParsersAction, add_encoder_arguments:
     ext.add_argument("--verify", type=int, default=0, metavar="N",
                      help="re-encode N random clips and compare; check every stored row count")  # fmt: skip
     ext.add_argument("--decode-lengths", action="store_true", help="count samples by decoding, not from headers")
+    ext.add_argument(
+        "--max-errors",
+        type=int,
+        default=None,
+        metavar="N",
+        help="exit 1 when more than N clips cannot be used (default: only when every clip fails)",
+    )
+    ext.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="try again the clips finished shards record as undecodable (after every other clip)",
+    )
     ext.add_argument("--espnet", action="store_true", help="ESPnet's length stats, exactly (see below)")
     ext.add_argument("--train-config", type=Path, help="--espnet: ESPnet's train YAML (its job and IOs)")
     ext.add_argument("--specifier", "--train-unregistered-specifier", "--valid-unregistered-specifier",
@@ -79,27 +96,41 @@ def add_extract_commands(sub: argparse._SubParsersAction, add_encoder_arguments:
 
 
 def extract(args: argparse.Namespace) -> None:
+    """Every refusal (command line, manifest, output folder, lock, configuration, tag) is one line on stderr with
+    exit status 2, before any encoder is built; too many failed clips or a failed verify exit 1."""
     if args.espnet:
         return extract_espnet_stats(args)
     if args.input is None:
-        raise SystemExit("extract needs INPUT (a manifest, folder or glob), or --espnet with --specifier")
-    clips = read_manifest(args.input, args.format, args.segments)
-    options = ExtractOptions(
-        out=args.out, mode=args.mode, workers=args.workers, max_frames=args.max_frames, max_clips=args.max_clips,
-        shard_mb=args.shard_mb, store_dtype=args.store_dtype, overwrite=args.overwrite, allow_mixed=args.allow_mixed,
-        verify=args.verify, seed=args.seed, decode_lengths=args.decode_lengths, progress=not args.no_progress,
-    )  # fmt: skip
-    io_kwargs = {
-        "encoder_hf_model_tag": args.tag, "weights": args.weights, "dtype": args.dtype, "device": args.device,
-        "attn_implementation": args.attn, "long_clip": args.long_clip, "max_duration_s": args.max_duration,
-        "seed": args.seed,
-    }  # fmt: skip
-    rank = resolve_rank(os.environ, args.rank, args.world_size)
-    summary = run_extract(clips, io_kwargs, options, rank)
+        usage_error("extract needs INPUT (a manifest, folder or glob), or --espnet with --specifier")
+    try:
+        options = ExtractOptions(
+            out=args.out, mode=args.mode, workers=args.workers, max_frames=args.max_frames, max_clips=args.max_clips,
+            shard_mb=args.shard_mb, store_dtype=args.store_dtype, overwrite=args.overwrite,
+            allow_mixed=args.allow_mixed, verify=args.verify, seed=args.seed, decode_lengths=args.decode_lengths,
+            progress=not args.no_progress, max_errors=args.max_errors, retry_failed=args.retry_failed,
+        )  # fmt: skip
+        rank = resolve_rank(os.environ, args.rank, args.world_size)
+        clips = read_manifest(args.input, args.format, args.segments)
+        io_kwargs = {
+            "encoder_hf_model_tag": args.tag, "weights": args.weights, "dtype": args.dtype, "device": args.device,
+            "attn_implementation": args.attn, "long_clip": args.long_clip, "max_duration_s": args.max_duration,
+            "seed": args.seed,
+        }  # fmt: skip
+        summary = run_extract(clips, io_kwargs, options, rank)
+    except (RefusedError, ManifestError) as err:
+        usage_error(str(err))
+    except ValueError as err:  # resolve_rank's refusals (a rank outside the world size, an env var not a number)
+        if "rank" not in str(err) and "environment variable" not in str(err):
+            raise
+        usage_error(str(err))
     print(json.dumps(summary, indent=2))
-    if summary.get("passed") is False:
+    problems = [summary["failure"]] if summary.get("failure") else []
+    if summary.get("verify") and not summary["verify"]["passed"]:
         report = summary["verify"]
-        raise SystemExit(f"verify failed: {report['failed']} problem(s), e.g. {report['failures'][:3]}")
+        problems.append(f"verify failed: {report['failed']} problem(s), e.g. {report['failures'][:3]}")
+    if problems:
+        print(f"error: {'; '.join(problems)}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def usage_error(message: str) -> NoReturn:
@@ -132,11 +163,26 @@ def extract_espnet_stats(args: argparse.Namespace) -> None:
 
 
 def extract_index(args: argparse.Namespace) -> None:
+    """Merge the per-rank lengths/errors files of each folder's current plan (the world size its ``meta.json``
+    records; files of other world sizes are an earlier run's: ignored, and said so), then one index."""
     if args.into is None and len(args.folders) > 1:
-        raise SystemExit("several folders: say where their common index goes with --into")
+        usage_error("several folders: say where their common index goes with --into")
     for folder in args.folders:
+        if not folder.is_dir():
+            usage_error(f"{folder} is not a folder: pass extract output folders")
+        world_size = (read_meta(folder) or {}).get("world_size")
         for stem in LENGTH_PARTS:
-            if (merged := merge_parts(folder, stem)) is not None:
+            try:
+                merged, ignored = merge_parts(folder, stem, world_size)
+            except RefusedError as err:
+                usage_error(str(err))
+            if merged is not None:
                 print(f"wrote {merged}")
+            if ignored:
+                print(f"ignored {len(ignored)} {stem} file(s) of an earlier run with another world size (this "
+                      f"folder's plan: {world_size} rank(s)): {', '.join(p.name for p in ignored)}")  # fmt: skip
     if any(finished_shards(folder) for folder in args.folders):
-        print(f"wrote {write_index(args.folders, args.into or args.folders[0])}")
+        try:
+            print(f"wrote {write_index(args.folders, args.into or args.folders[0])}")
+        except ValueError as err:
+            usage_error(str(err))

@@ -32,6 +32,12 @@ class ClipError(RuntimeError):
         self.stage = stage
 
 
+# what "this clip cannot be read" raises: our own checks, the file system, soundfile, and the audio policy's
+# refusals in preprocess (a rate, channel layout or duration it does not take). Anything else is a bug: it stops
+# the job instead of becoming one more line of errors.jsonl.
+CLIP_ERRORS: tuple[type[BaseException], ...] = (ClipError, OSError, ValueError, soundfile.LibsndfileError)
+
+
 @dataclass(frozen=True)
 class ClipLength:
     """What a clip costs, without decoding it.

@@ -6,19 +6,27 @@ header gives the length) -> ``lengths.jsonl`` (ESPnet's own stats: ``contaudio.i
 features: headers -> batches by length under a frame budget -> data-loader workers decode and
 ``preprocess`` each batch on ``copy_for_worker()`` copies -> ``encode_batch`` under
 ``inference_mode`` in this process -> a writer thread publishes each shard atomically. Clips in
-finished shards are skipped, so a rerun redoes only the shard that was open when the job died.
-Clips that cannot be read go to ``errors.jsonl`` and the job goes on.
+finished shards (of this configuration) are skipped, and so are the clips those shards record as
+undecodable (``retry_failed``: tried again, after every other clip), so a rerun plans exactly the
+rest of the first run's plan and redoes only the shard that was open when the job died. Clips that
+cannot be read go to ``errors.jsonl`` and the job goes on; the run fails when every clip (or more
+than ``max_errors``) failed.
+
+Every refusal (an output folder that is a file or cannot be written, a slice another process is
+writing, another configuration, a tag that cannot be built) comes from :func:`open_output`, before
+any encoder is built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,17 +38,25 @@ from tqdm import tqdm
 import contaudio
 from contaudio.collate import collate_mels
 from contaudio.dtypes import DTYPES, dtype_name
+from contaudio.encoders.loading import resolve
 from contaudio.extract.batching import group_shards, padding_fraction, plan_batches
+from contaudio.extract.lock import rank_lock
 from contaudio.extract.manifests import Clip
-from contaudio.extract.probe import ClipError, ClipLength, error_record, load, probe
+from contaudio.extract.probe import CLIP_ERRORS, ClipError, ClipLength, error_record, load, probe
 from contaudio.extract.progress import AudioProgress
 from contaudio.extract.ranks import RankInfo, device_for_rank, rank_slice, resolve_rank
 from contaudio.extract.shards import (
+    TENSOR_KEY,
+    RefusedError,
     ShardWriter,
+    check_output_folder,
+    config_hash,
     done_ids,
+    failed_records,
     next_seq,
     part_suffix,
     prepare_output,
+    record_world_size,
     remove_temporary,
     shard_name,
     write_index,
@@ -70,9 +86,12 @@ class ExtractOptions:
     workers (0: this process). max_frames: padded mel frames per batch (clips x longest);
     max_clips: clips per batch. shard_mb: target shard size. store_dtype: "same" (the compute
     dtype), "bfloat16"/"bf16" or "float32"/"fp32". overwrite: replace an output of another
-    configuration; allow_mixed: add beside it. verify: clips to re-encode and compare after the run
-    (every stored row count is checked whenever verify > 0). decode_lengths: count samples by
-    decoding, not from headers. progress: a progress bar (a log line every 30 s without a terminal).
+    configuration; allow_mixed: add beside it (clips are done only for the configuration that stored
+    them). verify: clips to re-encode and compare after the run (every stored row count is checked
+    whenever verify > 0). decode_lengths: count samples by decoding, not from headers. progress: a
+    progress bar (a log line every 30 s without a terminal). max_errors: the run fails when more clips
+    than this could not be used (None: only when every clip failed). retry_failed: try again the clips
+    finished shards record as undecodable (planned after every other clip).
     """
 
     out: Path
@@ -88,18 +107,21 @@ class ExtractOptions:
     seed: int = 0
     decode_lengths: bool = False
     progress: bool = True
+    max_errors: int | None = None
+    retry_failed: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise RefusedError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.store_dtype != STORE_SAME and self.store_dtype not in DTYPES:
             names = ", ".join(DTYPES)
-            raise ValueError(f"store_dtype must be {STORE_SAME!r} or one of {names}, got {self.store_dtype!r}")
-        if self.workers < 0 or self.verify < 0 or self.shard_mb <= 0:
-            raise ValueError(f"workers and verify must be >= 0 and shard_mb > 0, got {self.workers}, {self.verify}, "
-                             f"{self.shard_mb}")  # fmt: skip
+            raise RefusedError(f"store_dtype must be {STORE_SAME!r} or one of {names}, got {self.store_dtype!r}")
+        if self.workers < 0 or self.verify < 0 or self.shard_mb <= 0 or (self.max_errors or 0) < 0:
+            raise RefusedError(f"workers, verify and max_errors must be >= 0 and shard_mb > 0, got {self.workers}, "
+                               f"{self.verify}, {self.max_errors}, {self.shard_mb}")  # fmt: skip
         if self.verify and self.mode != "features":
-            raise ValueError("verify re-encodes stored features: it needs mode='features'")
+            raise RefusedError("--verify re-encodes stored features: use it with --mode features (extract.mode="
+                               "features); lengths mode stores none")  # fmt: skip
 
 
 def store_dtype(name: str, compute: torch.dtype) -> torch.dtype:
@@ -121,6 +143,27 @@ def feature_config(io: ContinuousAudioIO, io_kwargs: dict[str, Any], stored: tor
         "resample": io.policy.resample, "multichannel": io.policy.multichannel, "normalize": io.policy.normalize,
         "max_duration_s": io.policy.max_duration_s, "long_clip": io.long_clip,
     }  # fmt: skip
+
+
+def error_verdict(clips: int, errors: int, max_errors: int | None) -> str | None:
+    """Why a run fails on its unusable clips, or None: every clip failed (``max_errors`` None), or more than
+    ``max_errors`` did.
+
+    >>> error_verdict(148, 148, None), error_verdict(10, 3, None), error_verdict(10, 3, 2), error_verdict(0, 0, None)
+    ('every clip failed (148 of 148)', None, '3 of 10 clips failed, more than max_errors=2', None)
+    """
+    if max_errors is None:
+        return f"every clip failed ({errors} of {clips})" if clips and errors >= clips else None
+    return f"{errors} of {clips} clips failed, more than max_errors={max_errors}" if errors > max_errors else None
+
+
+def judge_errors(summary: dict[str, Any], errors: Path, max_errors: int | None) -> None:
+    """Set the summary's ``passed`` (false when too many clips failed, with the reason in ``failure``)."""
+    verdict = error_verdict(summary["clips"], summary["errors"], max_errors)
+    summary["passed"] = verdict is None
+    if verdict:
+        summary["failure"] = (f"{verdict}: see {errors} (relative audio paths are read from the working "
+                              "directory; --max-errors N accepts up to N)")  # fmt: skip
 
 
 def peak_rss_mib() -> float:
@@ -173,7 +216,7 @@ class ProbeChunks(Dataset):
         for clip in self.clips[index * self.chunk : (index + 1) * self.chunk]:
             try:
                 results.append(probe(clip, self.io, self.decode))
-            except Exception as err:  # anything a file can do wrong: recorded, the job goes on
+            except CLIP_ERRORS as err:  # a clip that cannot be read: recorded, the job goes on
                 results.append(error_record(clip, err))
         return results
 
@@ -199,7 +242,7 @@ class BatchData(Dataset):
                 _, (rows, mel), _ = self.io.preprocess((wav, rate))
                 if rows != length.rows:  # header and decoded audio disagree: never store what lengths did not count
                     raise ClipError(f"preprocess gives {rows} rows, the header gave {length.rows}", stage="decode")
-            except Exception as err:
+            except CLIP_ERRORS as err:  # this clip cannot be read; a bug elsewhere stops the job
                 errors.append(error_record(clip, err, getattr(err, "stage", "decode")))
                 continue
             if rows == 0:
@@ -239,7 +282,6 @@ def extract_lengths(io: ContinuousAudioIO, clips: Sequence[Clip], options: Extra
     """lengths.jsonl for this rank's clips; returns the summary."""
     start = time.perf_counter()
     out = options.out
-    out.mkdir(parents=True, exist_ok=True)
     suffix = part_suffix(rank.rank, rank.world_size)
     mine = rank_slice(clips, rank.rank, rank.world_size)
     errors = ErrorLog(out / f"errors{suffix}.jsonl")
@@ -258,6 +300,7 @@ def extract_lengths(io: ContinuousAudioIO, clips: Sequence[Clip], options: Extra
         "audio_hours": audio_s / 3600, "rows": sum(length.rows for length in found), "wall_s": wall,
         "clips_per_s": len(mine) / wall if wall else None, "out": str(out),
     }  # fmt: skip
+    judge_errors(summary, errors.path, options.max_errors)
     write_text_atomic(out / f"summary{suffix}.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -282,25 +325,36 @@ class Plan:
 
 
 def plan_run(
-    todo: list[tuple[Clip, ClipLength]], options: ExtractOptions, row_bytes: int, rank: int, first_seq: int
+    todo: list[tuple[Clip, ClipLength]],
+    options: ExtractOptions,
+    row_bytes: int,
+    rank: int,
+    first_seq: int,
+    retry: Sequence[tuple[Clip, ClipLength]] = (),
 ) -> Plan:
-    """Batches by length under the frame budget, grouped into shards of about ``shard_mb``."""
-    batches = plan_batches([n.mel_frames for _, n in todo], options.max_frames, options.max_clips)
-    sizes = [sum(todo[i][1].rows for i in b) * row_bytes for b in batches]
-    groups = group_shards(sizes, int(options.shard_mb * BYTES_PER_MIB))
-    return Plan(todo, batches, [(shard_name(rank, first_seq + k), group) for k, group in enumerate(groups)])
+    """Batches by length under the frame budget, grouped into shards of about ``shard_mb``, numbered from
+    ``first_seq`` without gaps; the ``retry`` clips get batches and shards of their own after all of ``todo``'s,
+    so retrying them moves no other clip."""
+    clips = [*todo, *retry]
+    batches: list[list[int]] = []
+    shards: list[tuple[str, list[int]]] = []
+    for offset, part in ((0, list(todo)), (len(todo), list(retry))):
+        part_batches = plan_batches([n.mel_frames for _, n in part], options.max_frames, options.max_clips)
+        sizes = [sum(part[i][1].rows for i in b) * row_bytes for b in part_batches]
+        for group in group_shards(sizes, int(options.shard_mb * BYTES_PER_MIB)) if part else []:
+            shards.append((shard_name(rank, first_seq + len(shards)), [len(batches) + g for g in group]))
+        batches += [[offset + i for i in b] for b in part_batches]
+    return Plan(clips, batches, shards)
 
 
 def extract_features(
-    io: ContinuousAudioIO, clips: Sequence[Clip], options: ExtractOptions, rank: RankInfo, config: dict[str, Any]
+    io: ContinuousAudioIO, clips: Sequence[Clip], options: ExtractOptions, rank: RankInfo, digest: str
 ) -> dict:
-    """Feature shards + index.jsonl for this rank's clips (skipping clips already in finished shards)."""
+    """Feature shards + index.jsonl for this rank's clips (skipping clips already in finished shards of config
+    hash ``digest``); the output folder was checked and locked by :func:`open_output`."""
     start = time.perf_counter()
     out = options.out
     stored = store_dtype(options.store_dtype, io.torch_dtype)
-    digest = prepare_output(out, config, contaudio.__version__, overwrite=options.overwrite,
-                            allow_mixed=options.allow_mixed, world_size=rank.world_size)  # fmt: skip
-    remove_temporary(out, rank.rank)
     suffix = part_suffix(rank.rank, rank.world_size)
     mine = rank_slice(clips, rank.rank, rank.world_size)
     errors = ErrorLog(out / f"errors{suffix}.jsonl")
@@ -308,28 +362,36 @@ def extract_features(
     try:
         lengths, failed = probe_all(io, mine, options.workers, options.decode_lengths, options.progress)
         errors.extend(failed)
-        done = done_ids(out)
-        todo = [(c, n) for c, n in zip(mine, lengths, strict=True) if n is not None and c.id not in done]
+        ids = {c.id for c in mine}
+        done = done_ids(out, digest) & ids
+        before = {i: r for i, r in failed_records(out, digest).items() if i in ids}  # undecodable in a finished shard
+        probed = [(c, n) for c, n in zip(mine, lengths, strict=True) if n is not None and c.id not in done]
+        todo = [(c, n) for c, n in probed if c.id not in before]
+        retry = [(c, n) for c, n in probed if c.id in before] if options.retry_failed else []
+        if not options.retry_failed:  # still failed: reported again, from the shard that recorded it
+            errors.extend([before[c.id] for c, _ in probed if c.id in before])
         first_seq = next_seq((p.name for p in out.iterdir()), rank.rank)
-        plan = plan_run(todo, options, io.feature_dim() * stored.itemsize, rank.rank, first_seq)
-        log.info("%s: %d clips, %d already stored, %d to encode in %d batches and %d shards", rank.describe(),
-                 len(mine), len(mine) - len(todo) - len(failed), len(todo), len(plan.batches),
-                 len(plan.shards))  # fmt: skip
+        plan = plan_run(todo, options, io.feature_dim() * stored.itemsize, rank.rank, first_seq, retry)
+        log.info("%s: %d clips, %d already stored, %d failed before%s, %d to encode in %d batches and %d shards",
+                 rank.describe(), len(mine), len(done), len(before), " (retried)" if options.retry_failed else "",
+                 len(plan.todo), len(plan.batches), len(plan.shards))  # fmt: skip
         entry_base = {"dim": io.feature_dim(), "dtype": dtype_name(stored), "tag": io.source.tag,
                       "family": io.family.name, "contaudio_version": contaudio.__version__,
                       "config_hash": digest}  # fmt: skip
         loop_start = time.perf_counter()
-        written = encode_shards(io, plan, options, stored, entry_base, errors, timings, rank.describe())
+        written, decode_failed = encode_shards(io, plan, options, stored, entry_base, errors, timings,
+                                               rank.describe())  # fmt: skip
         loop_s = time.perf_counter() - loop_start
         write_index([out], out)
     finally:
         errors.close()
-    audio_s = sum(n.duration_s for _, n in todo)
+    audio_s = sum(n.duration_s for _, n in plan.todo)
     wall = time.perf_counter() - start
     summary = {
         "mode": "features", "rank": rank.rank, "world_size": rank.world_size, "config_hash": digest,
-        "clips": len(mine), "clips_skipped_done": len(mine) - len(todo) - len(failed),
-        "clips_encoded": len(todo) - (errors.count - len(failed)),  # less the clips that failed while decoding
+        "clips": len(mine), "clips_skipped_done": len(done), "clips_failed_before": len(before),
+        "clips_retried": len(retry), "clips_encoded": len(plan.todo) - decode_failed,
+        "clips_ok": len(done) + len(plan.todo) - decode_failed,
         "errors": errors.count, "errors_by_stage": errors.by_stage, "shards_written": len(written),
         "batches": len(plan.batches), "audio_hours": audio_s / 3600, "wall_s": wall, "loop_s": loop_s,
         "audio_s_per_s": audio_s / wall if wall else None, "loop_audio_s_per_s": audio_s / loop_s if loop_s else None,
@@ -337,12 +399,13 @@ def extract_features(
         "wait_for_data_s": timings.wait_s, "padding_fraction": plan.padding_fraction(),
         "peak_rss_mib": peak_rss_mib(), "store_dtype": dtype_name(stored), "out": str(out),
     }  # fmt: skip
+    judge_errors(summary, errors.path, options.max_errors)
     if options.verify:
-        store = FeatureStore(out, allow_mixed=options.allow_mixed)
+        store = FeatureStore(out, config_hash=digest)
         by_id = {c.id: c for c in mine}
-        probed = {n.id: n for n in lengths if n is not None}
-        summary["verify"] = verify_store(store, io, by_id, probed, options.verify, options.seed).summary()
-        summary["passed"] = summary["verify"]["passed"]
+        probed_lengths = {n.id: n for n in lengths if n is not None}
+        summary["verify"] = verify_store(store, io, by_id, probed_lengths, options.verify, options.seed).summary()
+        summary["passed"] = summary["passed"] and summary["verify"]["passed"]
     write_text_atomic(out / f"summary{suffix}.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -356,8 +419,12 @@ def encode_shards(
     errors: ErrorLog,
     timings: _Timings,
     desc: str,
-) -> list[Path]:
-    """The loop: batches from the workers -> encode_batch -> one shard per group of batches, to the writer."""
+) -> tuple[list[Path], int]:
+    """The loop: batches from the workers -> encode_batch -> one shard per group of batches, to the writer.
+
+    Every planned shard is written, even one whose clips all failed (it records them): shard numbers have no
+    gaps, and a rerun knows those clips were tried. Returns the shards written and how many clips failed.
+    """
     workers = options.workers
     loader = DataLoader(BatchData(io.copy_for_worker(), plan.todo, plan.batches), batch_size=None,
                         num_workers=workers, worker_init_fn=one_thread if workers else None,
@@ -367,11 +434,15 @@ def encode_shards(
     progress = AudioProgress(sum(n.duration_s for _, n in plan.todo), f"features {desc}", options.progress)
     tensors: dict[str, torch.Tensor] = {}
     entries: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    failed_total = 0
     try:
         waited = time.perf_counter()
         for item in loader:
             timings.wait_s += time.perf_counter() - waited
             errors.extend(item["errors"])
+            failed += [{**record, "config_hash": entry_base["config_hash"]} for record in item["errors"]]
+            failed_total += len(item["errors"])
             features = [torch.empty(0, io.feature_dim(), dtype=stored) for _ in item["empty"]]
             if item["mel"] is not None:
                 began = time.perf_counter()
@@ -381,19 +452,20 @@ def encode_shards(
                 timings.encode_s += time.perf_counter() - began
             for i, feats in zip(item["empty"] + item["indices"], features, strict=True):
                 clip, length = plan.todo[i]
-                tensors[clip.id] = feats
-                entries.append({"id": clip.id, "key": clip.id, "rows": feats.shape[0], **entry_base,
+                key = TENSOR_KEY.format(len(tensors))  # the id is data in the entry, never a tensor key
+                tensors[key] = feats
+                entries.append({"id": clip.id, "key": key, "rows": feats.shape[0], **entry_base,
                                 "samples": length.samples, "mel_frames": length.mel_frames,
                                 "duration_s": round(length.duration_s, 6)})  # fmt: skip
             progress.update(sum(plan.todo[i][1].duration_s for i in plan.batches[item["batch"]]))
-            if item["batch"] in shard_after and tensors:
-                writer.submit(shard_after[item["batch"]], tensors, entries)
-                tensors, entries = {}, []
+            if item["batch"] in shard_after:
+                writer.submit(shard_after[item["batch"]], tensors, entries, failed)
+                tensors, entries, failed = {}, [], []
             waited = time.perf_counter()
     finally:
         progress.close()
         written = writer.close()
-    return written
+    return written, failed_total
 
 
 # ----------------------------------------------------------------------------- the job
@@ -408,23 +480,78 @@ def build_io(io_kwargs: dict[str, Any], mode: Mode, rank: RankInfo) -> Continuou
     return ContinuousAudioIO(**{**io_kwargs, "device": device})
 
 
+def front_end(io_kwargs: dict[str, Any], rank: RankInfo) -> ContinuousAudioIO:
+    """The features mode's IO without its encoder (what decides the configuration hash), built in a moment; a tag,
+    weights or dtype that cannot be built is refused here, before any encoder is."""
+    kwargs = {**io_kwargs, "device": device_for_rank(io_kwargs.get("device", "cpu"), rank.local_rank)}
+    try:
+        if kwargs.get("weights", "pretrained") == "pretrained" and "encoder_hf_model_tag" in kwargs:
+            resolve(kwargs["encoder_hf_model_tag"], "pretrained", kwargs.get("revision"))  # reads no weights
+        return ContinuousAudioIO(**kwargs, skip_init_encoder=True)
+    except (ValueError, ImportError, FileNotFoundError) as err:  # a refused tag/weights/dtype/device, or no config
+        raise RefusedError(f"cannot build the encoder: {err}") from err
+
+
+@contextlib.contextmanager
+def open_output(
+    io_kwargs: dict[str, Any], options: ExtractOptions, rank: RankInfo, io: ContinuousAudioIO | None = None
+) -> Iterator[str | None]:
+    """Every check on the output, before any encoder is built; yields the configuration hash (None in lengths mode).
+
+    The folder must be a folder this process can write; this rank's slice is locked for the ``with`` block
+    (another run on it is refused, naming it); features mode: the folder must take this configuration
+    (``io``: an IO already built, else :func:`front_end`). Raises :class:`RefusedError` with the fix.
+    """
+    check_output_folder(options.out)
+    with rank_lock(options.out, rank.rank, rank.world_size):
+        if options.mode == "lengths":
+            record_world_size(options.out, rank.world_size, contaudio.__version__)
+            yield None
+            return
+        front = io if io is not None else front_end(io_kwargs, rank)
+        config = feature_config(front, io_kwargs, store_dtype(options.store_dtype, front.torch_dtype))
+        digest = prepare_output(options.out, config, contaudio.__version__, overwrite=options.overwrite,
+                                allow_mixed=options.allow_mixed, world_size=rank.world_size)  # fmt: skip
+        remove_temporary(options.out, rank.rank)  # safe: the lock says no run of this rank is writing
+        yield digest
+
+
+def extract_opened(
+    io: ContinuousAudioIO,
+    clips: Sequence[Clip],
+    io_kwargs: dict[str, Any],
+    options: ExtractOptions,
+    rank: RankInfo,
+    digest: str | None,
+) -> dict:
+    """Run ``options.mode`` inside :func:`open_output` (``digest``: what it yielded)."""
+    if options.mode == "lengths":
+        return extract_lengths(io, clips, options, rank)
+    built = config_hash(feature_config(io, io_kwargs, store_dtype(options.store_dtype, io.torch_dtype)))
+    if built != digest:
+        raise RuntimeError(f"the encoder built has configuration {built}, its front end {digest}: a bug, please report")
+    return extract_features(io, clips, options, rank, digest)
+
+
 def extract_with(
     io: ContinuousAudioIO, clips: Sequence[Clip], io_kwargs: dict[str, Any], options: ExtractOptions, rank: RankInfo
 ) -> dict:
-    """Run ``options.mode`` on this rank's slice with an ``io`` built by :func:`build_io` from ``io_kwargs``."""
-    if options.mode == "lengths":
-        return extract_lengths(io, clips, options, rank)
-    config = feature_config(io, io_kwargs, store_dtype(options.store_dtype, io.torch_dtype))
-    return extract_features(io, clips, options, rank, config)
+    """Run ``options.mode`` on this rank's slice with an ``io`` built by :func:`build_io` from ``io_kwargs``
+    (checks and locks the output itself; :func:`run_extract` does that before building the encoder)."""
+    with open_output(io_kwargs, options, rank, io) as digest:
+        return extract_opened(io, clips, io_kwargs, options, rank, digest)
 
 
 def run_extract(
     clips: Sequence[Clip], io_kwargs: dict[str, Any], options: ExtractOptions, rank: RankInfo | None = None
 ) -> dict:
-    """Build the ``ContinuousAudioIO`` (``io_kwargs``: its arguments) and extract this rank's slice of ``clips``.
+    """Check and lock the output, then build the ``ContinuousAudioIO`` (``io_kwargs``: its arguments) and
+    extract this rank's slice of ``clips``.
 
     ``rank``: None reads torchrun's or a SLURM array's environment (:func:`resolve_rank`).
     Returns the summary (also written as ``summary.json`` into ``options.out``).
     """
     rank = rank or resolve_rank(os.environ)
-    return extract_with(build_io(io_kwargs, options.mode, rank), clips, io_kwargs, options, rank)
+    with open_output(io_kwargs, options, rank) as digest:
+        io = build_io(io_kwargs, options.mode, rank)
+        return extract_opened(io, clips, io_kwargs, options, rank, digest)

@@ -1,14 +1,18 @@
 """Feature shards on disk: names, atomic writes, the writer thread, the index, and the output folder's config.
 
-A shard is one safetensors file holding one ``[rows, D]`` tensor per clip (key = clip id) and, in
-its header metadata, the index entries of those clips. It is written under a temporary name,
-fsynced, then renamed: a shard that is visible is complete, and its entries travel with it, so
-the shards alone are the truth. ``index.jsonl`` (one entry per clip: id, shard, key, rows, D, dtype,
-encoder tag, contaudio version, config hash) is rebuilt from their headers at the end of a run
-and by :func:`write_index` (the merge step after many ranks).
+A shard is one safetensors file holding one ``[rows, D]`` tensor per clip and, in its header
+metadata, the index entries of those clips (id -> generated tensor key: an id is data, never a key,
+so no id can collide with the format's reserved names) and the clips of its plan that could not be
+decoded. It is written under a temporary name with the umask's permissions, fsynced, then renamed:
+a shard that is visible is complete, and its entries travel with it, so the shards alone are the
+truth. Its bytes depend only on its contents (sorted header keys, tensors in key order).
+``index.jsonl`` (one entry per clip: id, shard, key, rows, D, dtype, encoder tag, contaudio
+version, config hash) is rebuilt from their headers at the end of a run and by :func:`write_index`
+(the merge step after many ranks).
 
-``meta.json`` records the configuration hash of what the folder holds; a run with another
-configuration refuses to add to it unless told to (``overwrite`` or ``allow_mixed``).
+``meta.json`` records the configuration hashes of what the folder holds and the current plan's
+world size; a run with another configuration refuses to add to it unless told to (``overwrite`` or
+``allow_mixed``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import os
 import queue
 import re
+import struct
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +31,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,12 @@ FORMAT = "contaudio.features/1"
 INDEX_FILE = "index.jsonl"
 META_FILE = "meta.json"
 INDEX_KEY = "contaudio.index"  # safetensors header metadata key holding the shard's index entries (JSON)
+FAILED_KEY = "contaudio.failed"  # ... and the error records of its planned clips that could not be decoded
+TENSOR_KEY = "c{:06d}"  # a clip's tensor key: its position in the shard (ids live in the entries only)
+# safetensors' dtype names of the dtypes features are stored in
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
+HEADER_ALIGN = 8  # safetensors pads its JSON header with spaces to a multiple of 8 bytes
+FILE_MODE = 0o666  # new files: read-write for all, less the umask (as open() creates the other outputs)
 SHARD_PATTERN = re.compile(r"^shard-r(\d{4,})-(\d{6,})\.safetensors$")
 SHARD_GLOB = "shard-r*-*.safetensors"
 TEMP_PREFIX = "."  # shards in progress are hidden: .shard-r0000-000003.safetensors.tmp-<pid>
@@ -43,7 +53,11 @@ OWN_PATTERNS = (SHARD_GLOB, f"{TEMP_PREFIX}shard-r*.tmp-*", INDEX_FILE, META_FIL
                 "lengths*.jsonl")  # fmt: skip
 
 
-class OutputMismatchError(ValueError):
+class RefusedError(ValueError):
+    """An output folder (or a command) this run cannot use as it is; the message says how to fix it."""
+
+
+class OutputMismatchError(RefusedError):
     """The output folder holds features made with another configuration."""
 
 
@@ -134,10 +148,46 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- shards
 
 
-def write_shard(directory: Path, name: str, tensors: dict[str, torch.Tensor], entries: Sequence[dict]) -> Path:
-    """Write one shard atomically: tensors (key = clip id) and their index entries in the header."""
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[bytes, list[bytes]]:
+    """The header (length prefix + JSON) and the data blocks of a safetensors file, in key order.
+
+    Every key is sorted (``safetensors.save_file`` writes its metadata in a random order), so the
+    bytes depend only on the contents.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    blocks, offset = [], 0
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().to("cpu").contiguous()
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise TypeError(f"tensor {key!r}: cannot store dtype {tensor.dtype} (one of {list(SAFETENSORS_DTYPES)})")
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[key] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + len(data)]}  # fmt: skip
+        blocks.append(data)
+        offset += len(data)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % HEADER_ALIGN)
+    return struct.pack("<Q", len(text)) + text, blocks
+
+
+def write_shard(
+    directory: Path,
+    name: str,
+    tensors: Mapping[str, torch.Tensor],
+    entries: Sequence[dict],
+    failed: Sequence[dict] = (),
+) -> Path:
+    """Write one shard atomically: tensors, their index entries (each naming its tensor ``key``) and the error
+    records of the planned clips that failed, in the header. Created with ``0o666`` less the umask."""
     temporary = directory / f"{TEMP_PREFIX}{name}.tmp-{os.getpid()}"
-    save_file(tensors, str(temporary), metadata={"format": FORMAT, INDEX_KEY: json.dumps(list(entries))})
+    metadata = {"format": FORMAT, INDEX_KEY: json.dumps(list(entries), sort_keys=True),
+                FAILED_KEY: json.dumps(list(failed), sort_keys=True)}  # fmt: skip
+    header, blocks = safetensors_bytes(tensors, metadata)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(header)
+        for block in blocks:
+            handle.write(block)
     final = directory / name
     publish(temporary, final)
     return final
@@ -148,21 +198,41 @@ def finished_shards(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob(SHARD_GLOB) if parse_shard_name(p.name))
 
 
-def shard_entries(path: Path) -> list[dict[str, Any]]:
-    """The index entries a shard's header holds (no tensor data is read), each with its ``shard`` name."""
+def shard_metadata(path: Path) -> dict[str, str]:
+    """A contaudio shard's header metadata (no tensor data is read)."""
     try:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
-    except Exception as err:  # a file that is not a safetensors shard
+    except Exception as err:  # a file that is not a safetensors shard (safetensors raises several types)
         raise ValueError(f"{path} is not a readable safetensors shard ({err}); delete it and rerun") from err
     if metadata.get("format") != FORMAT or INDEX_KEY not in metadata:
         raise ValueError(f"{path} is not a contaudio feature shard (no {INDEX_KEY!r} in its header)")
-    return [{**entry, "shard": path.name} for entry in json.loads(metadata[INDEX_KEY])]
+    return metadata
 
 
-def done_ids(directory: Path) -> set[str]:
-    """Ids of every clip in a finished shard of ``directory`` (any rank)."""
-    return {entry["id"] for path in finished_shards(directory) for entry in shard_entries(path)}
+def shard_entries(path: Path) -> list[dict[str, Any]]:
+    """The index entries a shard's header holds (no tensor data is read), each with its ``shard`` name."""
+    return [{**entry, "shard": path.name} for entry in json.loads(shard_metadata(path)[INDEX_KEY])]
+
+
+def shard_failures(path: Path) -> list[dict[str, Any]]:
+    """The error records of the clips a shard's plan held but could not decode (each with its ``shard`` name)."""
+    return [{**record, "shard": path.name} for record in json.loads(shard_metadata(path).get(FAILED_KEY, "[]"))]
+
+
+def done_ids(directory: Path, config: str | None = None) -> set[str]:
+    """Ids of every clip in a finished shard of ``directory`` (any rank), of config hash ``config`` (None: any)."""
+    return {entry["id"] for path in finished_shards(directory) for entry in shard_entries(path)
+            if config is None or entry.get("config_hash") == config}  # fmt: skip
+
+
+def failed_records(directory: Path, config: str) -> dict[str, dict[str, Any]]:
+    """id -> error record of the clips that failed in a finished shard of config hash ``config`` and are not
+    stored in any (a clip retried with success is no longer failed)."""
+    records = {r["id"]: r for path in finished_shards(directory) for r in shard_failures(path)
+               if r.get("config_hash") == config}  # fmt: skip
+    stored = done_ids(directory, config) if records else set()
+    return {clip_id: r for clip_id, r in records.items() if clip_id not in stored}
 
 
 def remove_temporary(directory: Path, rank: int) -> int:
@@ -175,35 +245,81 @@ def remove_temporary(directory: Path, rank: int) -> int:
     return len(stale)
 
 
+def drop_duplicates(entries: Iterable[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
+    """The entries of one folder (in shard order) without repeats of an ``(id, config_hash)``: the first stays.
+
+    A repeat is the same clip encoded twice with the same configuration (e.g. by two runs that overlapped
+    before runs took a lock): equal features, so the copy in the later shard is ignored, with a warning.
+    """
+    kept: dict[tuple[str, Any], dict[str, Any]] = {}
+    ignored = []
+    for entry in entries:
+        key = (entry["id"], entry.get("config_hash"))
+        if key in kept:
+            ignored.append(f"{entry['id']!r} in {entry['shard']} (kept {kept[key]['shard']})")
+        else:
+            kept[key] = entry
+    if ignored:
+        log.warning("%s: %d clip(s) stored twice with one configuration; the later copies are ignored: %s%s", folder,
+                    len(ignored), ", ".join(ignored[:5]), ", ..." if len(ignored) > 5 else "")  # fmt: skip
+    return list(kept.values())
+
+
 def write_index(folders: Sequence[Path], into: Path) -> Path:
     """Rebuild ``into/index.jsonl`` from the shard headers of ``folders`` (the merge step after many ranks).
 
     Each entry's ``shard`` is relative to ``into``, so a folder (or the tree of folders) can move.
-    An id in two shards is refused.
+    Within a folder a clip stored twice with one configuration is kept once (:func:`drop_duplicates`);
+    an ``(id, config_hash)`` in two folders is refused.
     """
     into.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, Any], str] = {}
     for folder in folders:
-        for path in finished_shards(folder):
-            relative = Path(os.path.relpath(path, into)).as_posix()
-            for entry in shard_entries(path):
-                if entry["id"] in seen:
-                    raise ValueError(f"clip {entry['id']!r} is in both {seen[entry['id']]} and {relative}")
-                seen[entry["id"]] = relative
-                entries.append({**entry, "shard": relative})
+        found = [e for path in finished_shards(folder) for e in shard_entries(path)]
+        for entry in drop_duplicates(found, folder):
+            relative = Path(os.path.relpath(folder / entry["shard"], into)).as_posix()
+            key = (entry["id"], entry.get("config_hash"))
+            if key in seen:
+                raise ValueError(f"clip {entry['id']!r} is in both {seen[key]} and {relative}: index the folders "
+                                 "separately, or remove one of them")  # fmt: skip
+            seen[key] = relative
+            entries.append({**entry, "shard": relative})
     return write_jsonl_atomic(into / INDEX_FILE, entries)
 
 
-PART_PATTERN = "{stem}-r*-of-*.jsonl"  # one rank's lengths, ESPnet lengths or errors
+PART_PATTERN = re.compile(r"^(?P<stem>.+)-r(?P<rank>\d{4,})-of-(?P<world>\d{4,})\.jsonl$")  # one rank's file
 
 
-def merge_parts(folder: Path, stem: str) -> Path | None:
-    """Concatenate the ranks' ``<stem>-r*-of-*.jsonl`` files into ``<stem>.jsonl`` (None when there are none)."""
-    parts = sorted(folder.glob(PART_PATTERN.format(stem=stem)))
-    if not parts:
-        return None
-    return write_text_atomic(folder / f"{stem}.jsonl", "".join(p.read_text(encoding="utf-8") for p in parts))
+def rank_parts(folder: Path, stem: str) -> dict[int, list[Path]]:
+    """world size -> the ranks' ``<stem>-r<rank>-of-<world>.jsonl`` files in ``folder`` (rank order)."""
+    parts: dict[int, list[Path]] = {}
+    for path in sorted(folder.glob(f"{stem}-r*-of-*.jsonl")):
+        match = PART_PATTERN.match(path.name)
+        if match and match["stem"] == stem:
+            parts.setdefault(int(match["world"]), []).append(path)
+    return parts
+
+
+def merge_parts(folder: Path, stem: str, world_size: int | None = None) -> tuple[Path | None, list[Path]]:
+    """Concatenate the ranks' ``<stem>-r*-of-<world_size>.jsonl`` files into ``<stem>.jsonl``.
+
+    Returns the merged file (None when that plan has no such files, or is a single process, whose
+    ``<stem>.jsonl`` is already whole) and the files of other world sizes it ignored (an earlier
+    run's ranks). ``world_size`` None: the one world size present (refused when there are several).
+    """
+    parts = rank_parts(folder, stem)
+    if world_size is None:
+        if len(parts) > 1:
+            raise RefusedError(f"{folder} holds {stem} files of runs with {sorted(parts)} ranks and no {META_FILE} "
+                               "saying which ran last: delete the stale ones")  # fmt: skip
+        world_size = next(iter(parts), 1)
+    ignored = [p for world, paths in sorted(parts.items()) if world != world_size for p in paths]
+    mine = parts.get(world_size, [])
+    if not mine:
+        return None, ignored
+    merged = write_text_atomic(folder / f"{stem}.jsonl", "".join(p.read_text(encoding="utf-8") for p in mine))
+    return merged, ignored
 
 
 # ----------------------------------------------------------------------------- writer thread
@@ -236,9 +352,9 @@ class ShardWriter:
         if self._error is not None:
             raise RuntimeError(f"writing a shard into {self.directory} failed: {self._error}") from self._error
 
-    def submit(self, name: str, tensors: dict[str, torch.Tensor], entries: list[dict]) -> None:
+    def submit(self, name: str, tensors: dict[str, torch.Tensor], entries: list[dict], failed: list[dict]) -> None:
         self._raise_error()
-        self._queue.put((name, tensors, entries))
+        self._queue.put((name, tensors, entries, failed))
 
     def close(self) -> list[Path]:
         """Wait for every submitted shard; return the paths written."""
@@ -254,6 +370,31 @@ class ShardWriter:
 def read_meta(directory: Path) -> dict[str, Any] | None:
     path = directory / META_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def check_output_folder(directory: Path) -> None:
+    """Create ``directory`` if needed and make sure this process can write into it; refuse with the fix if not."""
+    if directory.exists() and not directory.is_dir():
+        raise RefusedError(f"--out {directory} is a file, not a folder: name a folder (it is created if missing)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f"{TEMP_PREFIX}write-test.tmp-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise RefusedError(f"cannot write into the output folder {directory} ({err.strerror or err}): choose a "
+                           "folder you can write to, or fix its permissions") from err  # fmt: skip
+
+
+def record_world_size(directory: Path, world_size: int, version: str) -> None:
+    """Note in ``meta.json`` how many ranks the current plan has (``extract-index`` merges only theirs)."""
+    meta = read_meta(directory) or {"format": FORMAT, "contaudio_version": version, "configs": {}}
+    if meta.get("world_size") != world_size:
+        write_meta(directory, {**meta, "world_size": world_size})
 
 
 def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -283,7 +424,9 @@ def prepare_output(
 
     A folder holding features of another configuration is refused with the differences and the
     ways out; ``overwrite`` deletes what extract wrote there (single process only: ranks would
-    delete each other's shards); ``allow_mixed`` adds beside them (entries carry their hash).
+    delete each other's shards); ``allow_mixed`` adds beside them (entries carry their hash, and a
+    clip counts as done only for the configuration that stored it). ``meta.json`` keeps every
+    configuration and the current plan's ``world_size``.
     """
     directory.mkdir(parents=True, exist_ok=True)
     digest = config_hash(config)
@@ -303,7 +446,7 @@ def prepare_output(
             f"{directory} holds {len(shards)} shard(s) but no {META_FILE}: it is not an extract output folder "
             "this run can add to; choose another output folder, or replace them (--overwrite / extract.overwrite=true)"
         )
-    configs: dict[str, Any] = dict(meta["configs"]) if meta else {}
+    configs: dict[str, Any] = dict(meta.get("configs", {})) if meta else {}
     if configs and digest not in configs:
         first_hash, first = next(iter(configs.items()))
         if not allow_mixed:
@@ -316,8 +459,8 @@ def prepare_output(
         log.warning("allow_mixed=true: adding features of config %s beside %s in %s", digest, first_hash, directory)
     if meta and meta.get("contaudio_version") != version:
         log.warning("%s was written by contaudio %s; this is %s", directory, meta.get("contaudio_version"), version)
-    if digest not in configs:
+    if digest not in configs or (meta or {}).get("world_size") != world_size:
         configs[digest] = config
-        meta = {"format": FORMAT, "contaudio_version": version, "configs": configs}
-        write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_meta(directory, {**(meta or {}), "format": FORMAT, "contaudio_version": (meta or {}).get(
+            "contaudio_version", version), "configs": configs, "world_size": world_size})  # fmt: skip
     return digest

@@ -4,7 +4,8 @@ Training with a frozen encoder reads features here and never builds the encoder.
 read through its ``index.jsonl`` when that lists every shard in it, else from the shard headers
 (a run still going, or ranks whose merge has not run). Several folders (one per run or per
 machine) read as one store; an id in two of them, or features of two configurations, is refused
-unless ``allow_mixed=True``.
+unless ``allow_mixed=True``. A folder can hold one clip under several configurations (``--allow-mixed``):
+``config_hash=`` picks one. Within a folder, a clip stored twice with one configuration is read once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
-from contaudio.extract.shards import INDEX_FILE, finished_shards, read_jsonl, shard_entries
+from contaudio.extract.shards import INDEX_FILE, drop_duplicates, finished_shards, read_jsonl, shard_entries
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,13 @@ def folder_entries(path: Path) -> list[dict[str, Any]]:
         entries = read_jsonl(index)
         listed = {(folder / e["shard"]).resolve() for e in entries}
         if path.is_file() or listed >= {s.resolve() for s in shards}:
-            return [{**e, "path": folder / e["shard"]} for e in entries]
+            return [{**e, "path": folder / e["shard"]} for e in drop_duplicates(entries, folder)]
         log.info("%s does not list every shard in %s (a run in progress, or ranks not merged): reading the shard "
                  "headers; `python -m contaudio extract-index %s` rebuilds it", index, folder, folder)  # fmt: skip
     if not shards:
         raise FileNotFoundError(f"{folder} holds no feature shards: run extract with mode=features into it first")
-    return [{**e, "path": shard} for shard in shards for e in shard_entries(shard)]
+    entries = drop_duplicates([e for shard in shards for e in shard_entries(shard)], folder)
+    return [{**e, "path": folder / e["shard"]} for e in entries]
 
 
 class FeatureStore(Mapping[str, torch.Tensor]):
@@ -54,6 +56,7 @@ class FeatureStore(Mapping[str, torch.Tensor]):
     paths: an output folder, its ``index.jsonl``, or a list of them (read as one store).
     dtype: cast every tensor to this dtype on read (None: as stored, bf16 or fp32).
     allow_mixed: accept features of several configurations (``store.config_hashes`` lists them).
+    config_hash: read only the features of this configuration (a folder that ``--allow-mixed`` filled).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class FeatureStore(Mapping[str, torch.Tensor]):
         *,
         dtype: torch.dtype | None = None,
         allow_mixed: bool = False,
+        config_hash: str | None = None,
     ) -> None:
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not paths:
@@ -70,14 +74,21 @@ class FeatureStore(Mapping[str, torch.Tensor]):
         self._entries: dict[str, dict[str, Any]] = {}
         for path in map(Path, paths):
             for entry in folder_entries(path):
+                if config_hash is not None and entry.get("config_hash") != config_hash:
+                    continue
                 if (other := self._entries.get(entry["id"])) is not None:
-                    raise ValueError(f"clip {entry['id']!r} is stored twice: in {other['path']} and {entry['path']}")
+                    raise ValueError(
+                        f"clip {entry['id']!r} is stored twice: in {other['path']} (config {other.get('config_hash')})"
+                        f" and {entry['path']} (config {entry.get('config_hash')}); read one folder, or pick one "
+                        "configuration with config_hash="
+                    )
                 self._entries[entry["id"]] = entry
         self.config_hashes = sorted({e["config_hash"] for e in self._entries.values()})
         if len(self.config_hashes) > 1 and not allow_mixed:
             raise ValueError(
                 f"these features come from {len(self.config_hashes)} configurations ({', '.join(self.config_hashes)}; "
-                "see each folder's meta.json): read them as separate stores, or pass allow_mixed=True"
+                "see each folder's meta.json): read them as separate stores, pick one with config_hash=, or pass "
+                "allow_mixed=True"
             )
         self._open: OrderedDict[Path, Any] = OrderedDict()
         self._pid = os.getpid()

@@ -87,10 +87,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(manifest, tmp_path) -> N
     shards_at_kill, partial = kill_mid_shard(command(manifest, resumed), resumed)
     assert shards_at_kill == STALL_AT_SHARD < planned and partial and not (resumed / INDEX_FILE).exists()
     main(command(manifest, resumed))
-    assert not [p.name for p in resumed.iterdir() if p.name.startswith(".")]  # the half-written shard is gone
+    hidden = [p.name for p in resumed.iterdir() if p.name.startswith(".")]
+    assert hidden == [".lock-r0000"]  # the half-written shard is gone; the lock file stays (the kill released it)
     assert read_jsonl(resumed / INDEX_FILE) == read_jsonl(reference / INDEX_FILE)
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["shards_written"] == planned - shards_at_kill
+    assert {p.name: p.read_bytes() for p in finished_shards(resumed)} == {
+        p.name: p.read_bytes() for p in finished_shards(reference)
+    }  # the same plan: byte-identical shards
     expected, got = FeatureStore(reference), FeatureStore(resumed)
     for clip_id in expected:
         assert torch.equal(got[clip_id], expected[clip_id]), clip_id

@@ -49,7 +49,7 @@ def test_a_shard_is_published_whole_with_its_entries(tmp_path) -> None:
 
 def test_the_writer_thread_reports_its_errors(tmp_path) -> None:
     writer = ShardWriter(tmp_path / "gone")  # a folder that does not exist
-    writer.submit("shard-r0000-000000.safetensors", {"a": torch.zeros(1, 2)}, [{"id": "a"}])
+    writer.submit("shard-r0000-000000.safetensors", {"c000000": torch.zeros(1, 2)}, [{"id": "a"}], [])
     with pytest.raises(RuntimeError, match=r"writing a shard into .*gone failed"):
         writer.close()
 
@@ -99,7 +99,8 @@ def test_one_index_over_ranks_and_folders(tmp_path) -> None:
 
 
 def test_rank_parts_merge_into_one_file(tmp_path) -> None:
-    assert merge_parts(tmp_path, "lengths") is None
+    assert merge_parts(tmp_path, "lengths") == (None, [])
     for rank in (1, 0):
         (tmp_path / f"lengths-r{rank:04d}-of-0002.jsonl").write_text(json.dumps({"id": f"r{rank}"}) + "\n")
-    assert [r["id"] for r in read_jsonl(merge_parts(tmp_path, "lengths"))] == ["r0", "r1"]
+    merged, ignored = merge_parts(tmp_path, "lengths")
+    assert [r["id"] for r in read_jsonl(merged)] == ["r0", "r1"] and ignored == []

@@ -34,10 +34,10 @@ def rewrite(out, clip_id: str, change) -> None:
     entry = FeatureStore(out).entry(clip_id)
     store = FeatureStore(out)
     entries = [{k: v for k, v in e.items() if k != "shard"} for e in shard_entries(entry["path"])]
-    tensors = {e["id"]: store[e["id"]].clone() for e in entries}
+    tensors = {e["key"]: store[e["id"]].clone() for e in entries}
     for e in entries:
         if e["id"] == clip_id:
-            tensors[clip_id] = change(tensors[clip_id], e)
+            tensors[e["key"]] = change(tensors[e["key"]], e)
     write_shard(out, entry["path"].name, tensors, entries)
     write_index([out], out)
 
