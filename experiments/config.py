@@ -99,6 +99,7 @@ class ExtractConf:
     decode_lengths: bool = MISSING
     max_errors: int | None = None  # fail when more clips than this cannot be used (None: only when all fail)
     retry_failed: bool = MISSING
+    allow_pipes: bool = MISSING
     rank: int | None = None
     world_size: int | None = None
     progress: bool = MISSING

@@ -55,7 +55,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             return build_io(io_kwargs(cfg), cfg.extract.mode, rank_of(cfg))
 
         def body(cfg: DictConfig, io: ContinuousAudioIO):
-            clips = read_manifest(cfg.extract.input, cfg.extract.format, cfg.extract.segments)
+            clips = read_manifest(
+                cfg.extract.input, cfg.extract.format, cfg.extract.segments, allow_pipes=cfg.extract.allow_pipes
+            )
             return extract_opened(io, clips, io_kwargs(cfg), options(cfg), rank_of(cfg), digest[0]), {}
 
         return run_experiment("extract", cfg, body, make_io=make_io)

@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from contaudio.dtypes import DTYPES
 from contaudio.extract.manifests import MANIFEST_FORMATS, ManifestError, read_manifest
+from contaudio.extract.outputs import merge_summaries, write_outputs
 from contaudio.extract.ranks import resolve_rank
 from contaudio.extract.run import MODES, STORE_SAME, ExtractOptions, run_extract
 from contaudio.extract.shards import RefusedError, finished_shards, merge_parts, read_meta, write_index
@@ -36,7 +37,12 @@ summary.json. A rerun skips finished shards (and the clips they record as undeco
 --retry-failed); another configuration is refused unless --overwrite or --allow-mixed. One run per
 rank slice: a second one on the same slice is refused, naming the first (a lock in OUT). Ranks:
 torchrun (RANK/WORLD_SIZE, one GPU each via LOCAL_RANK), a SLURM array (SLURM_ARRAY_TASK_ID/COUNT)
-or --rank/--world-size; then `extract-index OUT` rebuilds one index.
+or --rank/--world-size; then `extract-index OUT` rebuilds one index and a summary.json over the ranks.
+features mode, single process or extract-index: also cuts.jsonl.gz (a Lhotse CutSet; call
+contaudio.extract.outputs.register_lhotse_reader() before cut.load_features()), feats.scp + feats_shape
+(ESPnet-style lists: contaudio.extract.outputs.FeatsScp reads them) and, with --stats, feats_stats.npz
+(per-dimension count/sum/sum_square/mean/std, ESPnet collect_stats' layout; reads every stored tensor).
+wav.scp entries that are shell commands ('cmd args |') fail per clip unless --allow-pipes runs them.
 exit status: 0 done; 1 too many clips failed (every clip, or more than --max-errors N) or --verify
 failed; 2 refused before any work (a bad manifest or command line, an output folder that is a file,
 not writable, locked by another run or holding another configuration, a tag that cannot be built).
@@ -88,10 +94,15 @@ def add_extract_commands(sub: argparse._SubParsersAction, add_encoder_arguments:
     ext.add_argument("--rank", type=int, default=None, help="this job's slice (default: torchrun/SLURM env)")
     ext.add_argument("--world-size", type=int, default=None, help="number of slices")
     ext.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ext.add_argument("--allow-pipes", action="store_true",
+                     help="run wav.scp pipe entries ('cmd args |': shell commands), decode their stdout")  # fmt: skip
+    ext.add_argument("--stats", action="store_true",
+                     help="single process: also write feats_stats.npz (reads every stored tensor once)")  # fmt: skip
     ext.set_defaults(func=extract)
     idx = sub.add_parser("extract-index", help="rebuild index.jsonl (and lengths.jsonl) after many ranks")
     idx.add_argument("folders", nargs="+", type=Path, help="extract output folders")
     idx.add_argument("--into", type=Path, default=None, help="write one index over every folder here")
+    idx.add_argument("--stats", action="store_true", help="also write feats_stats.npz (reads every stored tensor)")
     idx.set_defaults(func=extract_index)
 
 
@@ -110,7 +121,7 @@ def extract(args: argparse.Namespace) -> None:
             progress=not args.no_progress, max_errors=args.max_errors, retry_failed=args.retry_failed,
         )  # fmt: skip
         rank = resolve_rank(os.environ, args.rank, args.world_size)
-        clips = read_manifest(args.input, args.format, args.segments)
+        clips = read_manifest(args.input, args.format, args.segments, allow_pipes=args.allow_pipes)
         io_kwargs = {
             "encoder_hf_model_tag": args.tag, "weights": args.weights, "dtype": args.dtype, "device": args.device,
             "attn_implementation": args.attn, "long_clip": args.long_clip, "max_duration_s": args.max_duration,
@@ -123,6 +134,9 @@ def extract(args: argparse.Namespace) -> None:
         if "rank" not in str(err) and "environment variable" not in str(err):
             raise
         usage_error(str(err))
+    if options.mode == "features" and rank.world_size == 1:
+        for path in write_outputs([args.out], args.out, stats=args.stats, config_hash=summary.get("config_hash")):
+            log.info("wrote %s", path)
     print(json.dumps(summary, indent=2))
     problems = [summary["failure"]] if summary.get("failure") else []
     if summary.get("verify") and not summary["verify"]["passed"]:
@@ -181,8 +195,13 @@ def extract_index(args: argparse.Namespace) -> None:
             if ignored:
                 print(f"ignored {len(ignored)} {stem} file(s) of an earlier run with another world size (this "
                       f"folder's plan: {world_size} rank(s)): {', '.join(p.name for p in ignored)}")  # fmt: skip
+        if (summary := merge_summaries(folder, world_size)) is not None:
+            print(f"wrote {summary}")
     if any(finished_shards(folder) for folder in args.folders):
+        into = args.into or args.folders[0]
         try:
-            print(f"wrote {write_index(args.folders, args.into or args.folders[0])}")
+            print(f"wrote {write_index(args.folders, into)}")
         except ValueError as err:
             usage_error(str(err))
+        for path in write_outputs(args.folders, into, stats=args.stats):
+            print(f"wrote {path}")

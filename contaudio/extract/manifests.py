@@ -3,17 +3,25 @@
 Every reader returns the same thing: a list of :class:`Clip` in manifest order. A malformed
 manifest (a line that is not JSON, a missing field, a duplicate id) raises :class:`ManifestError`
 naming the file and line and how to fix it: nothing runs on a manifest that is wrong. A clip the
-manifest describes but contaudio cannot read (a Kaldi pipe command, a Lhotse URL source, a
-mixed cut) is kept with its ``problem`` set: it goes to ``errors.jsonl`` and the job goes on.
-Relative audio paths are taken relative to the working directory, as Kaldi and Lhotse do.
+manifest describes but contaudio cannot read (a Lhotse URL source, a mixed cut, a Kaldi pipe
+command without ``allow_pipes``) is kept with its ``problem`` set: it goes to ``errors.jsonl`` and
+the job goes on. Relative audio paths are taken relative to the working directory, as Kaldi and Lhotse do.
+
+Pipes: a ``wav.scp`` entry ``<id> <command> |`` (and a Lhotse ``command`` source) is a shell command
+whose stdout is the audio. It runs only with ``allow_pipes=True`` (``--allow-pipes``): the clip's
+``path`` is then the command and ``pipe`` is set; :func:`audio_source` runs it (``sh -c``) and hands
+its stdout to soundfile. A command that fails (non-zero exit, no output) raises :class:`PipeError`:
+that clip is recorded in ``errors.jsonl`` and the job goes on.
 """
 
 from __future__ import annotations
 
 import glob
 import gzip
+import io
 import json
 import os
+import subprocess
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -28,10 +36,18 @@ KALDI_WHOLE_FILE_END = -1.0  # a segments end time of -1 means "to the end of th
 GLOB_CHARS = frozenset("*?[")
 # extensions a directory input picks up (libsndfile's formats; soundfile.available_formats() on a typical build)
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64"})
+KALDI_PIPE = "|"  # a wav.scp entry ending in this is a shell command writing the audio to stdout
+PIPES_FLAG = "--allow-pipes (extract.allow_pipes=true)"  # what lets pipe entries run, named in the refusal
+PIPE_TIMEOUT_S = 600.0  # a pipe command still running after this is killed and its clip recorded as failed
+PIPE_STDERR_CHARS = 300  # the tail of a failed command's stderr kept in its error message
 
 
 class ManifestError(ValueError):
     """A manifest that cannot be read as it is (the message names the file, the line and the fix)."""
+
+
+class PipeError(OSError):
+    """A pipe command that gave no audio (non-zero exit, timeout, empty stdout): that clip fails, the job goes on."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +56,8 @@ class Clip:
 
     channels: which channels of the file to read (None: all, downmixed by the audio policy);
     where: the manifest line that named it (for error messages); problem: why contaudio cannot
-    read it, when the manifest alone says so (the clip is reported, never read).
+    read it, when the manifest alone says so (the clip is reported, never read); pipe: ``path`` is
+    a shell command writing the audio to stdout (read through :func:`audio_source`).
     """
 
     id: str
@@ -50,13 +67,21 @@ class Clip:
     channels: tuple[int, ...] | None = None
     where: str = ""
     problem: str | None = None
+    pipe: bool = False
 
 
-def read_manifest(source: str | Path, fmt: ManifestFormat = "auto", segments: str | Path | None = None) -> list[Clip]:
+def read_manifest(
+    source: str | Path,
+    fmt: ManifestFormat = "auto",
+    segments: str | Path | None = None,
+    *,
+    allow_pipes: bool = False,
+) -> list[Clip]:
     """Read any supported manifest into clips (manifest order); see :func:`detect_format` for ``auto``.
 
     segments: a Kaldi ``segments`` file for a ``wav.scp`` input (default: the ``segments`` file
-    beside it, when there is one).
+    beside it, when there is one). allow_pipes: run the shell commands of pipe entries (``<id> cmd |``
+    in ``wav.scp``, Lhotse ``command`` sources); without it each such clip fails, naming the flag.
     """
     fmt = detect_format(source) if fmt == "auto" else fmt
     if fmt not in MANIFEST_FORMATS:
@@ -68,9 +93,9 @@ def read_manifest(source: str | Path, fmt: ManifestFormat = "auto", segments: st
             f"manifest {source} does not exist; pass a Lhotse .jsonl.gz, a wav.scp, a JSONL, a folder or a glob"
         )
     elif fmt == "lhotse":
-        clips = clips_from_lhotse(Path(source))
+        clips = clips_from_lhotse(Path(source), allow_pipes)
     elif fmt == "kaldi":
-        clips = clips_from_kaldi(*kaldi_files(Path(source), segments))
+        clips = clips_from_kaldi(*kaldi_files(Path(source), segments), allow_pipes=allow_pipes)
     else:
         clips = clips_from_jsonl(Path(source))
     check_unique_ids(clips, str(source))
@@ -163,28 +188,41 @@ def kaldi_files(source: Path, segments: str | Path | None) -> tuple[Path, Path |
     return scp, beside if beside.is_file() else None
 
 
-def parse_wav_scp_line(line: str, where: str) -> tuple[str, str, str | None]:
-    """``"<recording-id> <path>"`` -> ``(id, path, problem)``; a pipe command or an ark offset is a problem."""
+def is_pipe(target: str) -> bool:
+    """Whether a ``wav.scp`` target is a shell command (Kaldi's ``cmd args |``).
+
+    >>> is_pipe("sox a.flac -t wav - |"), is_pipe("a.wav")
+    (True, False)
+    """
+    return target.rstrip().endswith(KALDI_PIPE)
+
+
+def parse_wav_scp_line(line: str, where: str, allow_pipes: bool = False) -> tuple[str, str, str | None]:
+    """``"<recording-id> <path>"`` -> ``(id, path, problem)``; an ark offset is a problem, and so is a pipe
+    command unless ``allow_pipes``."""
     parts = line.split(maxsplit=1)
     if len(parts) != 2:
         raise ManifestError(f"{where}: expected '<recording-id> <path>', got {line!r}")
     rec_id, target = parts[0], parts[1].strip()
     problem = None
-    if target.endswith("|"):
-        problem = "wav.scp entry is a shell command (ends in '|'); contaudio reads files only: write them out first"
+    if is_pipe(target):
+        if not allow_pipes:
+            problem = (f"wav.scp entry is a shell command (ends in '|'): run with {PIPES_FLAG} to run it (it runs "
+                       "that command in a shell), or write the audio to files first")  # fmt: skip
     elif target.startswith("ark:") or (":" in target and target.rsplit(":", 1)[1].isdigit()):
         problem = "wav.scp entry is an ark offset (path:offset); contaudio reads audio files only"
     return rec_id, target, problem
 
 
-def clips_from_kaldi(scp: Path, segments: Path | None) -> list[Clip]:
-    """wav.scp alone: one clip per recording; with segments: one clip per segment of a listed recording."""
+def clips_from_kaldi(scp: Path, segments: Path | None, *, allow_pipes: bool = False) -> list[Clip]:
+    """wav.scp alone: one clip per recording; with segments: one clip per segment of a listed recording
+    (a pipe recording's command runs once per segment)."""
     recordings: dict[str, Clip] = {}
     for line, where in _lines(scp):
-        rec_id, path, problem = parse_wav_scp_line(line, where)
+        rec_id, path, problem = parse_wav_scp_line(line, where, allow_pipes)
         if rec_id in recordings:
             raise ManifestError(f"{where}: recording id {rec_id!r} is listed twice in {scp.name}")
-        recordings[rec_id] = Clip(rec_id, path, where=where, problem=problem)
+        recordings[rec_id] = Clip(rec_id, path, where=where, problem=problem, pipe=problem is None and is_pipe(path))
     if segments is None:
         return list(recordings.values())
     clips = []
@@ -201,14 +239,15 @@ def clips_from_kaldi(scp: Path, segments: Path | None) -> list[Clip]:
         duration = None if end == KALDI_WHOLE_FILE_END else end - start
         if duration is not None and duration <= 0:
             raise ManifestError(f"{where}: segment {utt_id!r} ends ({end} s) before it starts ({start} s)")
-        clips.append(Clip(utt_id, recordings[rec_id].path, start, duration, None, where, recordings[rec_id].problem))
+        recording = recordings[rec_id]
+        clips.append(Clip(utt_id, recording.path, start, duration, None, where, recording.problem, recording.pipe))
     return clips
 
 
 # ----------------------------------------------------------------------------- Lhotse
 
 
-def clips_from_lhotse(path: Path) -> list[Clip]:
+def clips_from_lhotse(path: Path, allow_pipes: bool = False) -> list[Clip]:
     """A Lhotse ``CutSet`` (one clip per cut) or ``RecordingSet`` (one per recording), via lhotse itself."""
     try:
         import lhotse
@@ -221,13 +260,13 @@ def clips_from_lhotse(path: Path) -> list[Clip]:
     except Exception as err:
         raise ManifestError(f"lhotse could not read {path} ({type(err).__name__}: {err})") from err
     if isinstance(manifest, lhotse.RecordingSet):
-        return [clip_from_recording(rec, rec.id, 0.0, None, None, f"{path}") for rec in manifest]
+        return [clip_from_recording(rec, rec.id, 0.0, None, None, f"{path}", allow_pipes) for rec in manifest]
     if isinstance(manifest, lhotse.CutSet):
-        return [clip_from_cut(cut, f"{path}") for cut in manifest]
+        return [clip_from_cut(cut, f"{path}", allow_pipes) for cut in manifest]
     raise ManifestError(f"{path} holds a Lhotse {type(manifest).__name__}; pass a CutSet or a RecordingSet")
 
 
-def clip_from_cut(cut: Any, where: str) -> Clip:
+def clip_from_cut(cut: Any, where: str, allow_pipes: bool = False) -> Clip:
     recording = getattr(cut, "recording", None)
     if recording is None or not getattr(cut, "has_recording", True):
         kind = type(cut).__name__
@@ -235,25 +274,62 @@ def clip_from_cut(cut: Any, where: str) -> Clip:
                                                      "cuts are not read); pass the cuts before mixing")  # fmt: skip
     channel = getattr(cut, "channel", None)
     channels = None if channel is None else tuple(channel) if isinstance(channel, list) else (int(channel),)
-    return clip_from_recording(recording, cut.id, float(cut.start), float(cut.duration), channels, where)
+    return clip_from_recording(recording, cut.id, float(cut.start), float(cut.duration), channels, where, allow_pipes)
 
 
 def clip_from_recording(
-    recording: Any, clip_id: str, start_s: float, duration_s: float | None, channels: tuple[int, ...] | None, where: str
+    recording: Any,
+    clip_id: str,
+    start_s: float,
+    duration_s: float | None,
+    channels: tuple[int, ...] | None,
+    where: str,
+    allow_pipes: bool = False,
 ) -> Clip:
-    """A clip of a Lhotse recording with a single ``file`` source and no transforms; else a clip with a problem."""
+    """A clip of a Lhotse recording with a single ``file`` source (or ``command`` source, with ``allow_pipes``) and
+    no transforms; else a clip with a problem."""
     sources = recording.sources
     problem = None
+    pipe = len(sources) == 1 and sources[0].type == "command"
     if len(sources) != 1:
         problem = f"recording {recording.id!r} has {len(sources)} sources (one file per channel); contaudio reads one"
-    elif sources[0].type != "file":
+    elif pipe and not allow_pipes:
+        problem = (f"recording {recording.id!r} has a 'command' source (a shell command): run with {PIPES_FLAG} to "
+                   "run it, or write the audio to files first")  # fmt: skip
+    elif sources[0].type not in ("file", "command"):
         problem = f"recording {recording.id!r} has a {sources[0].type!r} source; contaudio reads local files only"
     elif getattr(recording, "transforms", None):
         problem = f"recording {recording.id!r} has transforms (speed/volume/resample) that contaudio does not apply"
     path = str(sources[0].source) if len(sources) == 1 else ""
     if problem is None and channels is not None and list(channels) == list(sources[0].channels):
         channels = None  # every channel of the file: no selection
-    return Clip(clip_id, path, start_s, duration_s, channels, where, problem)
+    return Clip(clip_id, path, start_s, duration_s, channels, where, problem, pipe and problem is None)
+
+
+# ----------------------------------------------------------------------------- pipes
+
+
+def run_pipe(command: str, timeout_s: float = PIPE_TIMEOUT_S) -> bytes:
+    """Run a pipe entry's shell command (a trailing ``|`` dropped) and return its stdout; raise :class:`PipeError`
+    when it exits non-zero, times out or writes nothing (with the tail of its stderr)."""
+    shell = command.rstrip().removesuffix(KALDI_PIPE).rstrip()
+    try:
+        done = subprocess.run(shell, shell=True, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise PipeError(f"pipe command {shell!r} still ran after {timeout_s:g} s: killed") from err
+    if done.returncode != 0 or not done.stdout:
+        stderr = done.stderr.decode(errors="replace").strip()[-PIPE_STDERR_CHARS:]
+        what = f"exited with status {done.returncode}" if done.returncode else "wrote no audio to stdout"
+        raise PipeError(f"pipe command {shell!r} {what}{': ' + stderr if stderr else ''}")
+    return done.stdout
+
+
+def audio_source(clip: Clip) -> str | io.BytesIO:
+    """What soundfile opens for ``clip``: its path, or for a pipe clip its command's stdout (the command runs now).
+
+    Raises :class:`PipeError` (an ``OSError``: a clip error) when the command gives no audio.
+    """
+    return io.BytesIO(run_pipe(clip.path)) if clip.pipe else clip.path
 
 
 # ----------------------------------------------------------------------------- glob

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from contaudio.extract.manifests import Clip
+from contaudio.extract.manifests import Clip, audio_source
 from contaudio.io import ContinuousAudioIO
 from contaudio.lengths import resampled_length
 
@@ -102,10 +102,10 @@ def segment_bounds(start_s: float, duration_s: float | None, rate: int, file_fra
 def _header(clip: Clip) -> soundfile._SoundFileInfo:
     if clip.problem is not None:
         raise ClipError(clip.problem, stage="manifest")
-    if not os.path.isfile(clip.path):
+    if not clip.pipe and not os.path.isfile(clip.path):
         raise ClipError(f"file not found: {clip.path} (relative paths are read from the working directory)")
     try:
-        return soundfile.info(clip.path)
+        return soundfile.info(audio_source(clip))
     except (RuntimeError, OSError) as err:  # soundfile.LibsndfileError is a RuntimeError
         raise ClipError(f"soundfile cannot read {clip.path}: {err}") from err
 
@@ -142,7 +142,7 @@ def probe(clip: Clip, io: ContinuousAudioIO, decode: bool = False) -> ClipLength
 
 def _decoded_frames(clip: Clip) -> int:
     try:
-        with soundfile.SoundFile(clip.path) as handle:
+        with soundfile.SoundFile(audio_source(clip)) as handle:
             return sum(len(block) for block in handle.blocks(blocksize=1 << 16, dtype="float32"))
     except (RuntimeError, OSError) as err:
         raise ClipError(f"soundfile cannot decode {clip.path}: {err}") from err
@@ -151,7 +151,7 @@ def _decoded_frames(clip: Clip) -> int:
 def load(clip: Clip, length: ClipLength) -> tuple[np.ndarray, int]:
     """Decode the clip's samples as ``([C, N] float32, source rate)``: the ``N`` samples ``length`` counted."""
     try:
-        samples, rate = soundfile.read(clip.path, frames=length.source_samples, start=length.source_start,
+        samples, rate = soundfile.read(audio_source(clip), frames=length.source_samples, start=length.source_start,
                                        dtype="float32", always_2d=True)  # fmt: skip
     except (RuntimeError, OSError) as err:
         raise ClipError(f"soundfile cannot decode {clip.path}: {err}", stage="decode") from err

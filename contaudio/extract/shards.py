@@ -50,7 +50,7 @@ TEMP_PREFIX = "."  # shards in progress are hidden: .shard-r0000-000003.safetens
 WRITE_QUEUE = 2  # shards waiting for the writer thread (each holds its tensors in memory)
 # files a run writes into its output folder (what overwrite=true removes; nothing else is touched)
 OWN_PATTERNS = (SHARD_GLOB, f"{TEMP_PREFIX}shard-r*.tmp-*", INDEX_FILE, META_FILE, "errors*.jsonl", "summary*.json",
-                "lengths*.jsonl")  # fmt: skip
+                "lengths*.jsonl", "cuts.jsonl.gz", "feats.scp", "feats_shape", "feats_stats.npz")  # fmt: skip
 
 
 class RefusedError(ValueError):

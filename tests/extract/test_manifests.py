@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 import soundfile
+import torch
 
-from contaudio.extract.manifests import Clip, ManifestError, detect_format, read_manifest
+from contaudio.extract.manifests import Clip, ManifestError, PipeError, audio_source, detect_format, read_manifest
 
 
 @pytest.fixture
@@ -121,3 +122,61 @@ def test_detect_format_says_what_it_accepts(tmp_path) -> None:
         detect_format("clips.csv")
     with pytest.raises(ManifestError, match="does not exist"):
         read_manifest(tmp_path / "nope.jsonl")
+
+
+def test_pipes_refused_without_the_flag_and_run_with_it(files) -> None:
+    """``cmd args |`` entries fail per clip naming --allow-pipes; with it the command runs and soundfile decodes
+    its stdout (here ``cat``: the same samples as the file); a failing command is that clip's error."""
+    scp = files / "wav.scp"
+    lines = [f"p1 cat {files / 'r1.wav'} |", f"p2 cat {files / 'nowhere.wav'} |", "p3 true |"]
+    lines.append(f"f1 {files / 'r2.flac'}")
+    scp.write_text("\n".join(lines) + "\n")
+    refused = read_manifest(scp)
+    assert [c.pipe for c in refused] == [False] * 4 and all("--allow-pipes" in c.problem for c in refused[:3])
+    assert refused[3].problem is None
+    clips = read_manifest(scp, allow_pipes=True)
+    assert [(c.id, c.pipe, c.problem) for c in clips] == [("p1", True, None), ("p2", True, None),
+                                                          ("p3", True, None), ("f1", False, None)]  # fmt: skip
+    piped, rate = soundfile.read(audio_source(clips[0]), dtype="float32")
+    assert rate == 16000 and np.array_equal(piped, soundfile.read(files / "r1.wav", dtype="float32")[0])
+    with pytest.raises(PipeError, match=r"exited with status 1: .*nowhere\.wav"):
+        audio_source(clips[1])
+    with pytest.raises(PipeError, match="wrote no audio"):
+        audio_source(clips[2])
+    assert isinstance(PipeError("x"), OSError)  # a clip error: recorded per clip, the job goes on
+    assert audio_source(clips[3]) == str(files / "r2.flac")
+    (files / "segments").write_text("s1 p1 0.5 1.5\n")
+    (seg,) = read_manifest(files, allow_pipes=True)
+    assert (seg.pipe, seg.start_s, seg.duration_s, seg.path) == (True, 0.5, 1.0, clips[0].path)
+
+
+def test_lhotse_command_source_needs_the_flag(files) -> None:
+    lhotse = pytest.importorskip("lhotse")
+    source = lhotse.audio.AudioSource("command", [0], f"cat {files / 'r1.wav'}")
+    rec = lhotse.Recording(id="cmd", sources=[source], sampling_rate=16000, num_samples=48000, duration=3.0)
+    lhotse.RecordingSet.from_recordings([rec]).to_file(files / "cmd.jsonl.gz")
+    (refused,) = read_manifest(files / "cmd.jsonl.gz")
+    assert "--allow-pipes" in refused.problem
+    (clip,) = read_manifest(files / "cmd.jsonl.gz", allow_pipes=True)
+    assert clip.pipe and clip.problem is None and soundfile.info(audio_source(clip)).frames == 48000
+
+
+def test_pipe_clips_extract_like_their_files(files, tmp_path) -> None:
+    """End to end: features of ``cat file |`` entries equal those of the files themselves."""
+    from helpers.corpus import TINY_KWARGS
+
+    from contaudio import FeatureStore
+    from contaudio.extract import ExtractOptions, RankInfo, run_extract
+    from contaudio.extract import probe as probe_module
+
+    if "audio_source" not in vars(probe_module):
+        pytest.skip("contaudio/extract/probe.py does not read clips through manifests.audio_source yet")
+    (files / "wav.scp").write_text(f"r1 {files / 'r1.wav'}\n")
+    (tmp_path / "wav.scp").write_text(f"r1 cat {files / 'r1.wav'} |\n")
+    stores = []
+    for scp, out in ((files / "wav.scp", tmp_path / "files"), (tmp_path / "wav.scp", tmp_path / "pipes")):
+        options = ExtractOptions(out=out, workers=0, progress=False)
+        summary = run_extract(read_manifest(scp, allow_pipes=True), TINY_KWARGS, options, RankInfo())
+        assert summary["clips_ok"] == 1, summary
+        stores.append(FeatureStore(out))
+    assert torch.equal(stores[0]["r1"], stores[1]["r1"])
