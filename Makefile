@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test test-avx2 test-espnet espnet-env lint smoke bench sweep demo extract-bench
+.PHONY: setup test test-avx2 test-espnet test-min espnet-env lint smoke bench sweep demo extract-bench
 
 setup:
 	$(if $(TORCH),$(PYTHON) -m pip install $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)",) "$(TORCH)",)
@@ -28,6 +28,11 @@ espnet-env:
 test-espnet: espnet-env
 	$(ESPNET_ENV)/bin/python -m pytest -q tests/integration --confcutdir=tests/integration -p no:cacheprovider
 
+# The minimum-versions run: `make test`'s suite in the same environment, where transformers, torch and contaudio's
+# other dependencies sit at pyproject's lower bounds (requirements/espnet-202611.txt pins them there).
+test-min: espnet-env
+	$(ESPNET_ENV)/bin/python -m pytest -q -m "not slow"
+
 # The whole suite once more on AVX2-only kernels, as on an AMD EPYC without AVX-512/AMX (CI runs both):
 # these variables make torch, oneDNN and MKL use AVX2 code paths even on a bigger CPU.
 AVX2_ONLY = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
@@ -46,9 +51,12 @@ bench:
 	$(PYTHON) -m experiments.bench experiment=readme_bench
 
 # contaudio.extract at corpus scale: lengths mode on 10,000 files (headers vs decoding), then features mode on the
-# full-size 7B tower end to end vs encode_batch alone on the same batches (a few minutes on 2 cores).
+# full-size 7B tower end to end vs encode_batch alone on the same batches and vs the host ceiling (the encoder
+# replaced by one returning rows at once), then the tiny card against the host ceiling (a few minutes on 2 cores).
 extract-bench:
 	$(PYTHON) -m experiments.extract_bench
+	$(PYTHON) -m experiments.extract_bench --part features --tag contaudio/tiny-qwen2.5-omni --audio-s 600 \
+		--workers auto --threads 1 --out outputs/extract_bench_tiny
 
 # dtype sweep (one job and one wandb run per dtype), then a markdown table + PNG plot.
 SWEEP_DIR ?= multirun/dtype_sweep

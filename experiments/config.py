@@ -88,7 +88,7 @@ class ExtractConf:
     format: str = MISSING  # auto | lhotse | kaldi | jsonl | glob
     segments: str | None = None
     out: str = MISSING  # output folder, shared by every rank
-    workers: int = MISSING
+    workers: int | None = None
     max_frames: int = MISSING
     max_clips: int = MISSING
     shard_mb: float = MISSING

@@ -61,7 +61,9 @@ def add_extract_commands(sub: argparse._SubParsersAction, add_encoder_arguments:
     add_encoder_arguments(ext)
     ext.add_argument("--max-duration", type=float, default=None, help="clips longer than this (s) go to errors.jsonl")
     ext.add_argument("--seed", type=int, default=0, help="seed of random weights and of --verify's sample")
-    ext.add_argument("--workers", type=int, default=2, help="data-loader workers (0: in this process)")
+    ext.add_argument(
+        "--workers", type=int, default=None, help="data-loader workers (0: in this process; default: min(8, cores - 1))"
+    )
     ext.add_argument("--max-frames", type=int, default=48_000, help="padded mel frames per batch (clips x longest)")
     ext.add_argument("--max-clips", type=int, default=64, help="clips per batch")
     ext.add_argument("--shard-mb", type=float, default=512.0, help="target shard size in MiB")

@@ -5,7 +5,8 @@ header gives the length) -> ``lengths.jsonl`` (ESPnet's own stats: ``contaudio.i
 
 features: headers -> batches by length under a frame budget -> data-loader workers decode and
 ``preprocess`` each batch on ``copy_for_worker()`` copies -> ``encode_batch`` under
-``inference_mode`` in this process -> a writer thread publishes each shard atomically. Clips in
+``inference_mode`` in this process -> one device-to-host copy per batch -> a writer thread splits the rows
+per clip and publishes each shard atomically (:mod:`contaudio.extract.pipeline`). Clips in
 finished shards (of this configuration) are skipped, and so are the clips those shards record as
 undecodable (``retry_failed``: tried again, after every other clip), so a rerun plans exactly the
 rest of the first run's plan and redoes only the shard that was open when the job died. Clips that
@@ -42,13 +43,20 @@ from contaudio.encoders.loading import resolve
 from contaudio.extract.batching import group_shards, padding_fraction, plan_batches
 from contaudio.extract.lock import rank_lock
 from contaudio.extract.manifests import Clip
+from contaudio.extract.pipeline import (
+    WRITE_QUEUE_SHARDS,
+    BatchJob,
+    BatchWriter,
+    LoaderChoice,
+    StageTimes,
+    Streams,
+    device_to_host,
+)
 from contaudio.extract.probe import CLIP_ERRORS, ClipError, ClipLength, error_record, load, probe
 from contaudio.extract.progress import AudioProgress
 from contaudio.extract.ranks import RankInfo, device_for_rank, rank_slice, resolve_rank
 from contaudio.extract.shards import (
-    TENSOR_KEY,
     RefusedError,
-    ShardWriter,
     check_output_folder,
     config_hash,
     done_ids,
@@ -83,9 +91,10 @@ class ExtractOptions:
     """How one extract job runs (the encoder and audio policy are the ``ContinuousAudioIO``'s).
 
     out: output folder (shared by every rank). mode: "lengths" or "features". workers: data-loader
-    workers (0: this process). max_frames: padded mel frames per batch (clips x longest);
-    max_clips: clips per batch. shard_mb: target shard size. store_dtype: "same" (the compute
-    dtype), "bfloat16"/"bf16" or "float32"/"fp32". overwrite: replace an output of another
+    workers (0: this process; None, the default: min(8, cores per rank - 1), logged and recorded in
+    summary.json). max_frames: padded mel frames per batch (clips x longest); max_clips: clips per batch.
+    shard_mb: target shard size. store_dtype: "same" (the compute dtype), "bfloat16"/"bf16", "float16"/"fp16" or
+    "float32"/"fp32". overwrite: replace an output of another
     configuration; allow_mixed: add beside it (clips are done only for the configuration that stored
     them). verify: clips to re-encode and compare after the run (every stored row count is checked
     whenever verify > 0). decode_lengths: count samples by decoding, not from headers. progress: a
@@ -96,7 +105,7 @@ class ExtractOptions:
 
     out: Path
     mode: Mode = "features"
-    workers: int = 2
+    workers: int | None = None
     max_frames: int = 48_000
     max_clips: int = 64
     shard_mb: float = 512.0
@@ -116,7 +125,7 @@ class ExtractOptions:
         if self.store_dtype != STORE_SAME and self.store_dtype not in DTYPES:
             names = ", ".join(DTYPES)
             raise RefusedError(f"store_dtype must be {STORE_SAME!r} or one of {names}, got {self.store_dtype!r}")
-        if self.workers < 0 or self.verify < 0 or self.shard_mb <= 0 or (self.max_errors or 0) < 0:
+        if (self.workers or 0) < 0 or self.verify < 0 or self.shard_mb <= 0 or (self.max_errors or 0) < 0:
             raise RefusedError(f"workers, verify and max_errors must be >= 0 and shard_mb > 0, got {self.workers}, "
                                f"{self.verify}, {self.max_errors}, {self.shard_mb}")  # fmt: skip
         if self.verify and self.mode != "features":
@@ -222,9 +231,11 @@ class ProbeChunks(Dataset):
 
 
 class BatchData(Dataset):
-    """Item b: planned batch b decoded, preprocessed and padded: ``{batch, indices, mel, lengths, empty, errors}``.
+    """Item b: planned batch b decoded, preprocessed and padded: ``{batch, indices, mel, lengths, empty, errors,
+    times}``.
 
-    ``empty``: the clips too short for one row (nothing to encode: stored as ``[0, D]``).
+    ``empty``: the clips too short for one row (nothing to encode: stored as ``[0, D]``). ``times``: this worker's
+    seconds decoding, preprocessing and collating the batch (:class:`StageTimes`).
     """
 
     def __init__(self, io: ContinuousAudioIO, todo: Sequence[tuple[Clip, ClipLength]], batches: list[list[int]]):
@@ -235,11 +246,16 @@ class BatchData(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         indices, mels, empty, errors = [], [], [], []
+        decode_s = preprocess_s = 0.0
         for i in self.batches[index]:
             clip, length = self.todo[i]
             try:
+                began = time.perf_counter()
                 wav, rate = load(clip, length)
+                decoded = time.perf_counter()
+                decode_s += decoded - began
                 _, (rows, mel), _ = self.io.preprocess((wav, rate))
+                preprocess_s += time.perf_counter() - decoded
                 if rows != length.rows:  # header and decoded audio disagree: never store what lengths did not count
                     raise ClipError(f"preprocess gives {rows} rows, the header gave {length.rows}", stage="decode")
             except CLIP_ERRORS as err:  # this clip cannot be read; a bug elsewhere stops the job
@@ -250,8 +266,11 @@ class BatchData(Dataset):
             else:
                 indices.append(i)
                 mels.append(mel)
+        began = time.perf_counter()
         mel, lengths = collate_mels(mels) if mels else (None, None)
-        return {"batch": index, "indices": indices, "mel": mel, "lengths": lengths, "empty": empty, "errors": errors}
+        times = {"decode_s": decode_s, "preprocess_s": preprocess_s, "collate_s": time.perf_counter() - began}
+        return {"batch": index, "indices": indices, "mel": mel, "lengths": lengths, "empty": empty, "errors": errors,
+                "times": times}  # fmt: skip
 
 
 def probe_all(
@@ -285,8 +304,9 @@ def extract_lengths(io: ContinuousAudioIO, clips: Sequence[Clip], options: Extra
     suffix = part_suffix(rank.rank, rank.world_size)
     mine = rank_slice(clips, rank.rank, rank.world_size)
     errors = ErrorLog(out / f"errors{suffix}.jsonl")
+    loader = LoaderChoice.resolve(options.workers, torch.device("cpu"))
     try:
-        lengths, failed = probe_all(io, mine, options.workers, options.decode_lengths, options.progress)
+        lengths, failed = probe_all(io, mine, loader.workers, options.decode_lengths, options.progress)
         errors.extend(failed)
     finally:
         errors.close()
@@ -298,17 +318,11 @@ def extract_lengths(io: ContinuousAudioIO, clips: Sequence[Clip], options: Extra
         "mode": "lengths", "rank": rank.rank, "world_size": rank.world_size, "clips": len(mine),
         "clips_ok": len(found), "errors": errors.count, "errors_by_stage": errors.by_stage,
         "audio_hours": audio_s / 3600, "rows": sum(length.rows for length in found), "wall_s": wall,
-        "clips_per_s": len(mine) / wall if wall else None, "out": str(out),
+        "clips_per_s": len(mine) / wall if wall else None, "workers": loader.workers, "out": str(out),
     }  # fmt: skip
     judge_errors(summary, errors.path, options.max_errors)
     write_text_atomic(out / f"summary{suffix}.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-@dataclass
-class _Timings:
-    encode_s: float = 0.0
-    wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -358,9 +372,12 @@ def extract_features(
     suffix = part_suffix(rank.rank, rank.world_size)
     mine = rank_slice(clips, rank.rank, rank.world_size)
     errors = ErrorLog(out / f"errors{suffix}.jsonl")
-    timings = _Timings()
+    times = StageTimes()
+    loader = LoaderChoice.resolve(options.workers, io.device)
+    log.info("data loader: %d workers (%s), prefetch_factor %s, pin_memory %s", loader.workers, loader.reason,
+             loader.prefetch_factor, loader.pin_memory)  # fmt: skip
     try:
-        lengths, failed = probe_all(io, mine, options.workers, options.decode_lengths, options.progress)
+        lengths, failed = probe_all(io, mine, loader.workers, options.decode_lengths, options.progress)
         errors.extend(failed)
         ids = {c.id for c in mine}
         done = done_ids(out, digest) & ids
@@ -379,7 +396,7 @@ def extract_features(
                       "family": io.family.name, "contaudio_version": contaudio.__version__,
                       "config_hash": digest}  # fmt: skip
         loop_start = time.perf_counter()
-        written, decode_failed = encode_shards(io, plan, options, stored, entry_base, errors, timings,
+        written, decode_failed = encode_shards(io, plan, options, stored, entry_base, errors, times, loader,
                                                rank.describe())  # fmt: skip
         loop_s = time.perf_counter() - loop_start
         write_index([out], out)
@@ -395,9 +412,11 @@ def extract_features(
         "errors": errors.count, "errors_by_stage": errors.by_stage, "shards_written": len(written),
         "batches": len(plan.batches), "audio_hours": audio_s / 3600, "wall_s": wall, "loop_s": loop_s,
         "audio_s_per_s": audio_s / wall if wall else None, "loop_audio_s_per_s": audio_s / loop_s if loop_s else None,
-        "encode_s": timings.encode_s, "encode_audio_s_per_s": audio_s / timings.encode_s if timings.encode_s else None,
-        "wait_for_data_s": timings.wait_s, "padding_fraction": plan.padding_fraction(),
-        "peak_rss_mib": peak_rss_mib(), "store_dtype": dtype_name(stored), "out": str(out),
+        "encode_s": times.encode_s, "encode_audio_s_per_s": audio_s / times.encode_s if times.encode_s else None,
+        "wait_for_data_s": times.wait_s, "padding_fraction": plan.padding_fraction(),
+        "peak_rss_mib": peak_rss_mib(), "store_dtype": dtype_name(stored),
+        "bytes_written": times.bytes_written, "write_bytes_per_s": times.bytes_written / loop_s if loop_s else None,
+        "loader": loader.record(), "stages": times.record(loop_s, loader.workers), "out": str(out),
     }  # fmt: skip
     judge_errors(summary, errors.path, options.max_errors)
     if options.verify:
@@ -417,51 +436,69 @@ def encode_shards(
     stored: torch.dtype,
     entry_base: dict[str, Any],
     errors: ErrorLog,
-    timings: _Timings,
+    times: StageTimes,
+    loader: LoaderChoice,
     desc: str,
 ) -> tuple[list[Path], int]:
-    """The loop: batches from the workers -> encode_batch -> one shard per group of batches, to the writer.
+    """The loop: batches from the workers (the next one uploaded ahead) -> encode_batch -> one device-to-host copy
+    per batch -> the writer thread, which splits the rows per clip and writes each shard after its last batch.
 
-    Every planned shard is written, even one whose clips all failed (it records them): shard numbers have no
-    gaps, and a rerun knows those clips were tried. Returns the shards written and how many clips failed.
+    Nothing here waits for the device: row counts come from the length rule (on the host), and the writer thread
+    waits for each copy. Every planned shard is written, even one whose clips all failed (it records them): shard
+    numbers have no gaps, and a rerun knows those clips were tried. Returns the shards written and how many clips
+    failed.
     """
-    workers = options.workers
-    loader = DataLoader(BatchData(io.copy_for_worker(), plan.todo, plan.batches), batch_size=None,
-                        num_workers=workers, worker_init_fn=one_thread if workers else None,
-                        pin_memory=io.device.type == "cuda", prefetch_factor=4 if workers else None)  # fmt: skip
+    batches = DataLoader(BatchData(io.copy_for_worker(), plan.todo, plan.batches), batch_size=None,
+                         num_workers=loader.workers, worker_init_fn=one_thread if loader.workers else None,
+                         pin_memory=loader.pin_memory, prefetch_factor=loader.prefetch_factor)  # fmt: skip
     shard_after = {group[-1]: name for name, group in plan.shards}  # the batch that completes each shard
-    writer = ShardWriter(options.out)
+    per_shard = max((len(group) for _, group in plan.shards), default=1)
+    writer = BatchWriter(options.out, times, max_pending=WRITE_QUEUE_SHARDS * per_shard)
+    streams = Streams(io.device)
     progress = AudioProgress(sum(n.duration_s for _, n in plan.todo), f"features {desc}", options.progress)
-    tensors: dict[str, torch.Tensor] = {}
-    entries: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
+    dim, config = io.feature_dim(), entry_base["config_hash"]
     failed_total = 0
+
+    def fetch(items: Iterator[dict[str, Any]], first: bool) -> dict[str, Any] | None:
+        """The next batch, its mel already on its way to the device."""
+        began = time.perf_counter()
+        item = next(items, None)
+        waited = time.perf_counter() - began
+        if first:
+            times.first_batch_s += waited
+        else:
+            times.wait_s += waited
+        if item is not None:
+            item["mel"] = streams.to_device(item["mel"])
+        return item
+
     try:
-        waited = time.perf_counter()
-        for item in loader:
-            timings.wait_s += time.perf_counter() - waited
+        items = iter(batches)
+        item = fetch(items, first=True)
+        while item is not None:
+            times.add_worker(item)
             errors.extend(item["errors"])
-            failed += [{**record, "config_hash": entry_base["config_hash"]} for record in item["errors"]]
             failed_total += len(item["errors"])
-            features = [torch.empty(0, io.feature_dim(), dtype=stored) for _ in item["empty"]]
+            host = None
             if item["mel"] is not None:
                 began = time.perf_counter()
                 with torch.inference_mode():
+                    span = streams.before_encode()
                     encoded = io.encode_batch(item["mel"], item["lengths"])
-                    features += [f.to("cpu", stored, copy=True) for f in encoded]  # own storage: one tensor per clip
-                timings.encode_s += time.perf_counter() - began
-            for i, feats in zip(item["empty"] + item["indices"], features, strict=True):
+                    copied = time.perf_counter()
+                    host = device_to_host(encoded, stored, streams, span)
+                times.encode_s += copied - began
+                times.copy_s += time.perf_counter() - copied
+            clips = []
+            for i in item["empty"] + item["indices"]:  # the writer's key order: the empty clips first
                 clip, length = plan.todo[i]
-                key = TENSOR_KEY.format(len(tensors))  # the id is data in the entry, never a tensor key
-                tensors[key] = feats
-                entries.append({"id": clip.id, "key": key, "rows": feats.shape[0], **entry_base,
-                                "samples": length.samples, "mel_frames": length.mel_frames,
-                                "duration_s": round(length.duration_s, 6)})  # fmt: skip
+                rows = 0 if i in item["empty"] else length.rows  # BatchData checked preprocess's rows against it
+                clips.append(({"id": clip.id, **entry_base, "samples": length.samples, "mel_frames": length.mel_frames,
+                               "duration_s": round(length.duration_s, 6)}, rows))  # fmt: skip
+            failed = [{**record, "config_hash": config} for record in item["errors"]]
+            writer.submit(BatchJob(host, clips, failed, shard_after.get(item["batch"]), stored, dim))
             progress.update(sum(plan.todo[i][1].duration_s for i in plan.batches[item["batch"]]))
-            if item["batch"] in shard_after:
-                writer.submit(shard_after[item["batch"]], tensors, entries, failed)
-                tensors, entries, failed = {}, [], []
-            waited = time.perf_counter()
+            item = fetch(items, first=False)
     finally:
         progress.close()
         written = writer.close()
