@@ -148,11 +148,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- shards
 
 
-def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[bytes, list[bytes]]:
+def safetensors_bytes(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> tuple[bytes, list[memoryview]]:
     """The header (length prefix + JSON) and the data blocks of a safetensors file, in key order.
 
     Every key is sorted (``safetensors.save_file`` writes its metadata in a random order), so the
-    bytes depend only on the contents.
+    bytes depend only on the contents. The blocks are views of the tensors' memory (written without a copy).
     """
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     blocks, offset = [], 0
@@ -160,7 +162,7 @@ def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str
         tensor = tensors[key].detach().to("cpu").contiguous()
         if tensor.dtype not in SAFETENSORS_DTYPES:
             raise TypeError(f"tensor {key!r}: cannot store dtype {tensor.dtype} (one of {list(SAFETENSORS_DTYPES)})")
-        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+        data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
         header[key] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
                        "data_offsets": [offset, offset + len(data)]}  # fmt: skip
         blocks.append(data)
