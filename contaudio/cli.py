@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from contaudio.dtypes import AUTO, DTYPES
-from contaudio.encoders import all_cards
+from contaudio.encoders import UNAVAILABLE, all_cards
 from contaudio.encoders.loading import WEIGHTS_MODES
 from contaudio.encoders.windows import LONG_CLIP_POLICIES
 from contaudio.extract.command import add_extract_commands
@@ -62,8 +62,13 @@ def encode(args: argparse.Namespace) -> None:
 
 
 def cards(_: argparse.Namespace) -> None:
+    """Every shipped card; a card whose family the installed transformers lacks is marked, and why is said once."""
     for name, card in sorted(all_cards().items()):
-        print(f"{name:<45} {card.family:<16} {card.description}")
+        missing = UNAVAILABLE.get(card.family)
+        mark = f" [unavailable: needs {missing.requirement}]" if missing else ""
+        print(f"{name:<45} {card.family:<16} {card.description}{mark}")
+    for missing in UNAVAILABLE.values():
+        print(missing.message())
 
 
 ENCODE_EPILOG = """\

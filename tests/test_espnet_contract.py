@@ -22,6 +22,7 @@ The class ESPnet's job actually gets (``contaudio.integrations.espnet``) is test
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import pickle
@@ -31,6 +32,7 @@ import pytest
 import torch
 from helpers.audio import noise
 from helpers.checkpoints import TINY_QWEN_OMNI
+from helpers.espnet_hub import hide_espnet
 from torch import nn
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
@@ -196,9 +198,15 @@ def test_a_checkpoint_in_espnets_layout_loads_strictly(tiny_io) -> None:
 
 
 # --------------------------------------------------------------------------------- without ESPnet
-def test_without_espnet_the_class_is_contaudios() -> None:
+def test_without_espnet_the_class_is_contaudios(monkeypatch) -> None:
     from contaudio.integrations import espnet
 
-    assert espnet.espnet_abs_io() is None and espnet.ContinuousAudioIO.__mro__[1] is ContinuousAudioIO
-    with pytest.raises(ImportError, match="register"):
-        espnet.register()
+    hide_espnet(monkeypatch)
+    try:
+        without = importlib.reload(espnet)
+        assert without.espnet_abs_io() is None and without.ContinuousAudioIO.__mro__[1] is ContinuousAudioIO
+        with pytest.raises(ImportError, match="register"):
+            without.register()
+    finally:
+        monkeypatch.undo()
+        importlib.reload(espnet)

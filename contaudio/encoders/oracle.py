@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,7 @@ def ask_hf(compute: Callable[[], torch.Tensor]) -> OracleRows:
 class AudioTowerHost(nn.Module):
     """Stands in for an HF multimodal model where an HF method only reads ``self.audio_tower``.
 
-    ``Qwen2_5OmniThinkerModel.get_audio_features(AudioTowerHost(tower), ...)`` runs HF's own
+    A thinker's ``get_audio_features(AudioTowerHost(tower), ...)`` runs HF's own
     method on our tower's weights without building the 7B thinker around it.
     """
 
@@ -99,11 +100,26 @@ def thinker_audio_rows(
 ) -> torch.Tensor:
     """A thinker's own ``get_audio_features`` on our tower: ``[B, n_mels, F]``, valid frames ``[B]`` -> ``[rows, D]``.
 
-    ``get_audio_features`` is the HF method (e.g. ``Qwen2_5OmniThinkerModel.get_audio_features``), given the
+    ``get_audio_features`` is the HF method (:func:`thinker_get_audio_features`), given the
     feature attention mask the processor would give and run on :class:`AudioTowerHost`.
     """
     mask = frame_mask(frames.to(input_features.device), input_features.shape[2])
     return get_audio_features(AudioTowerHost(encoder), input_features, mask).last_hidden_state
+
+
+def thinker_get_audio_features(modeling: ModuleType, prefix: str) -> Callable[..., Any]:
+    """HF's own ``get_audio_features`` of an omni thinker: the one that runs ``self.audio_tower``.
+
+    transformers >= 5.21 has it on ``<prefix>ThinkerModel`` (``<prefix>ThinkerForConditionalGeneration``
+    delegates to its ``self.model``); earlier 5.x (ESPnet's 5.14.1) on ``<prefix>ThinkerForConditionalGeneration``.
+
+    >>> from transformers.models.qwen2_5_omni import modeling_qwen2_5_omni
+    >>> thinker_get_audio_features(modeling_qwen2_5_omni, "Qwen2_5Omni").__name__
+    'get_audio_features'
+    """
+    owner = getattr(modeling, f"{prefix}ThinkerModel", None)
+    owner = owner or getattr(modeling, f"{prefix}ThinkerForConditionalGeneration")
+    return owner.get_audio_features
 
 
 def padding_past_the_end(num_samples: int, n_fft: int, hop_length: int) -> int:

@@ -342,8 +342,8 @@ def run_layers(
     """The transformer stack on packed rows ``[N, d]`` whose attention is confined to ``layout``'s windows.
 
     One attention call per layer for the whole batch. Honours HF's per-layer
-    activation checkpointing (``encoder.activation_checkpointing_enable()`` sets
-    ``layer.gradient_checkpointing`` and its checkpoint function) when training
+    activation checkpointing (``encoder.activation_checkpointing_enable()``, ``gradient_checkpointing_enable()``
+    before transformers 5.23, sets ``layer.gradient_checkpointing`` and its checkpoint function) when training
     with grad enabled, as HF's ``GradientCheckpointingLayer`` does. Returns ``[N, d]``.
     """
     if hidden.shape[0] != layout.num_rows:

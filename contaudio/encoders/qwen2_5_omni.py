@@ -10,8 +10,9 @@ Returns: the rows of ``thinker.get_audio_features(...)`` for the clip (pooled, p
 LM width), exactly what the thinker splices into the LM.
 Oracle: HF's extractor as ``Qwen2_5OmniProcessor`` calls it (``padding="max_length"``: the clip
 zero-padded to 300 s; longer clips are padded just past their end instead of truncated at 300 s
-as the processor would), then ``Qwen2_5OmniThinkerModel.get_audio_features`` on our tower,
-its rows split by HF's ``_get_feat_extract_output_lengths``.
+as the processor would), then the thinker's ``get_audio_features`` (``Qwen2_5OmniThinkerModel``'s;
+``Qwen2_5OmniThinkerForConditionalGeneration``'s before transformers 5.21) on our tower, its rows split
+by HF's ``_get_feat_extract_output_lengths``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, WhisperFeatureExtractor
+from transformers.models.qwen2_5_omni import modeling_qwen2_5_omni
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig
-from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder, Qwen2_5OmniThinkerModel
+from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
 
 from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, block_macs, config_value
-from contaudio.encoders.oracle import extract_max_length, thinker_audio_rows
+from contaudio.encoders.oracle import extract_max_length, thinker_audio_rows, thinker_get_audio_features
 from contaudio.encoders.packed import (
     WindowLayout,
     attention_kernel,
@@ -129,7 +131,7 @@ class Qwen2_5Omni(EncoderFamily):
     returns = "thinker.get_audio_features rows (pooled to 25 Hz, projected to the LM width)"
     oracle_path = (
         "WhisperFeatureExtractor(padding='max_length') as Qwen2_5OmniProcessor calls it -> "
-        "Qwen2_5OmniThinkerModel.get_audio_features, split by _get_feat_extract_output_lengths"
+        "the thinker's get_audio_features, split by _get_feat_extract_output_lengths"
     )
 
     rows = staticmethod(qwen2_5_omni_rows)
@@ -145,4 +147,5 @@ class Qwen2_5Omni(EncoderFamily):
 
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         # HF checks the rows against its own _get_feat_extract_output_lengths
-        return thinker_audio_rows(Qwen2_5OmniThinkerModel.get_audio_features, encoder, input_features, frames)
+        get_audio_features = thinker_get_audio_features(modeling_qwen2_5_omni, "Qwen2_5Omni")
+        return thinker_audio_rows(get_audio_features, encoder, input_features, frames)

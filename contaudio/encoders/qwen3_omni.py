@@ -18,7 +18,8 @@ to the LM width).
 Oracle: HF's extractor with ``padding="max_length"`` (the clip zero-padded to 300 s: ``ceil(N / 160)``
 frames, what ``Qwen3OmniMoeProcessor``'s ``padding=True`` gives every clip but the longest of its
 batch; a clip alone gets ``N // 160`` frames and a reflected end there), then
-``Qwen3OmniMoeThinkerModel.get_audio_features`` on our tower, one clip per call.
+the thinker's ``get_audio_features`` (``Qwen3OmniMoeThinkerModel``'s; ``Qwen3OmniMoeThinkerForConditionalGeneration``'s
+before transformers 5.21) on our tower, one clip per call.
 """
 
 from __future__ import annotations
@@ -31,14 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, WhisperFeatureExtractor
+from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe
 from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
-from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
-    Qwen3OmniMoeAudioEncoder,
-    Qwen3OmniMoeThinkerModel,
-)
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
 from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, block_macs, config_value
-from contaudio.encoders.oracle import extract_max_length, thinker_audio_rows
+from contaudio.encoders.oracle import extract_max_length, thinker_audio_rows, thinker_get_audio_features
 from contaudio.encoders.packed import (
     attention_kernel,
     check_lengths,
@@ -265,7 +264,7 @@ class Qwen3Omni(EncoderFamily):
     default_features = QWEN3_OMNI_FEATURES
     returns = "thinker.get_audio_features rows of the clip alone (13 per second, projected to the LM width)"
     oracle_path = (
-        "WhisperFeatureExtractor(padding='max_length'), then Qwen3OmniMoeThinkerModel.get_audio_features "
+        "WhisperFeatureExtractor(padding='max_length'), then the thinker's get_audio_features "
         "one clip per call (HF's batched call leaks conv padding into clips < 1 s)"
     )
 
@@ -283,4 +282,5 @@ class Qwen3Omni(EncoderFamily):
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """One ``get_audio_features`` call for the whole batch, as HF runs a batch (bench's HF column)."""
         check_chunking(encoder)
-        return thinker_audio_rows(Qwen3OmniMoeThinkerModel.get_audio_features, encoder, input_features, frames)
+        get_audio_features = thinker_get_audio_features(modeling_qwen3_omni_moe, "Qwen3OmniMoe")
+        return thinker_audio_rows(get_audio_features, encoder, input_features, frames)

@@ -13,16 +13,25 @@ and its HF oracle (HF's own public path on the same weights). It registers itsel
 A family is keyed by the checkpoint's ``model_type``, never by a hub tag, so any checkpoint of a
 supported family (official sizes, fine-tunes, a standalone encoder export) loads the same way.
 Its shipped config cards are JSON files in ``contaudio/cards`` naming the family.
+
+Family modules are imported through :func:`import_families`: a module that needs a transformers class
+the installed transformers lacks leaves its family *unavailable* (:data:`UNAVAILABLE`, with the class
+and the first transformers release that has it) instead of breaking ``import contaudio``; looking the
+family up then raises :class:`FamilyUnavailableError` saying what to install.
 """
 
 from __future__ import annotations
 
+import importlib
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+import transformers
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
@@ -32,11 +41,16 @@ from contaudio.lengths import IntOrTensor
 
 __all__ = [
     "FAMILIES",
+    "TRANSFORMERS_SINCE",
+    "UNAVAILABLE",
     "EncoderFamily",
+    "FamilyUnavailableError",
     "IntOrTensor",
+    "UnavailableFamily",
     "WeightLayout",
     "family_for_model_type",
     "get_family",
+    "import_families",
     "register",
 ]
 
@@ -183,11 +197,14 @@ def register(cls: FamilyClass) -> FamilyClass:
 
 
 def get_family(name: str) -> EncoderFamily:
-    """Look a family up by name; a wrong name lists the ones that exist."""
+    """Look a family up by name; a wrong name lists the ones that exist, an unavailable one says what it needs."""
+    if name in UNAVAILABLE:
+        raise FamilyUnavailableError(UNAVAILABLE[name].message())
     try:
         return FAMILIES[name]
     except KeyError:
-        raise KeyError(f"unknown encoder family {name!r}; known: {', '.join(sorted(FAMILIES))}") from None
+        known = f"known: {', '.join(sorted(FAMILIES))}{unavailable_note()}"
+        raise KeyError(f"unknown encoder family {name!r}; {known}") from None
 
 
 def family_for_model_type(model_type: str) -> EncoderFamily:
@@ -196,4 +213,116 @@ def family_for_model_type(model_type: str) -> EncoderFamily:
         if model_type in family.config_paths:
             return family
     known = sorted(mt for f in FAMILIES.values() for mt in f.config_paths)
-    raise ValueError(f"no encoder family handles model_type {model_type!r}; supported model types: {', '.join(known)}")
+    raise ValueError(
+        f"no encoder family handles model_type {model_type!r}; supported model types: {', '.join(known)}"
+        f"{unavailable_note()}"
+    )
+
+
+# ------------------------------------------------------------------ families the installed transformers lacks
+# The first transformers release holding a class or module contaudio's families use, where it is newer than some
+# transformers 5.x (checked in the release wheels on PyPI). Keys are dotted paths; a module's entry covers what is
+# in it. A family needing a newer name than the table knows still loads as unavailable, with a vaguer message.
+TRANSFORMERS_SINCE: dict[str, str] = {
+    "transformers.models.qwen3_asr": "5.13.0",
+    "transformers.models.qwen2_5_omni.modeling_qwen2_5_omni.Qwen2_5OmniThinkerModel": "5.21.0",
+    "transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe.Qwen3OmniMoeThinkerModel": "5.21.0",
+}
+MISSING_NAME = re.compile(r"cannot import name '(\w+)'")  # CPython's message for a failed ``from m import name``
+
+
+@dataclass(frozen=True)
+class UnavailableFamily:
+    """A family whose module needs ``missing`` (a dotted transformers path), which ``installed`` lacks.
+
+    ``needs``: the first transformers release that has it (None when :data:`TRANSFORMERS_SINCE` does not know).
+    """
+
+    name: str
+    missing: str
+    installed: str
+    needs: str | None
+
+    def message(self) -> str:
+        """What is missing and what to install.
+
+        >>> print(UnavailableFamily("qwen3_asr", "transformers.models.qwen3_asr", "5.12.0", "5.13.0").message())
+        ... # doctest: +NORMALIZE_WHITESPACE
+        encoder family 'qwen3_asr' is unavailable: it needs transformers.models.qwen3_asr, which the installed
+        transformers 5.12.0 lacks (first in transformers 5.13.0): pip install 'transformers>=5.13.0'
+        """
+        fix = f"(first in transformers {self.needs}): pip install 'transformers>={self.needs}'"
+        if self.needs is None:
+            fix = "(a later transformers release has it): pip install -U transformers"
+        return (
+            f"encoder family {self.name!r} is unavailable: it needs {self.missing}, which the installed "
+            f"transformers {self.installed} lacks {fix}"
+        )
+
+    @property
+    def requirement(self) -> str:
+        """``"transformers>=5.13.0"`` (or ``"transformers>5.12.0"`` when the first release is not known)."""
+        return f"transformers>={self.needs}" if self.needs else f"transformers>{self.installed}"
+
+
+class FamilyUnavailableError(ImportError):
+    """The family exists in contaudio but the installed transformers lacks a class it needs."""
+
+
+UNAVAILABLE: dict[str, UnavailableFamily] = {}
+
+
+def missing_transformers_name(err: ImportError) -> str | None:
+    """The dotted transformers path an ImportError could not find, or None when it is about something else.
+
+    >>> missing_transformers_name(ImportError("cannot import name 'Foo' from 'transformers.models.x' (x.py)",
+    ...                                       name="transformers.models.x"))
+    'transformers.models.x.Foo'
+    >>> missing_transformers_name(ModuleNotFoundError("No module named ...", name="transformers.models.x"))
+    'transformers.models.x'
+    >>> missing_transformers_name(ModuleNotFoundError("No module named 'lhotse'", name="lhotse")) is None
+    True
+    """
+    module = err.name or ""
+    if module != "transformers" and not module.startswith("transformers."):
+        return None
+    if isinstance(err, ModuleNotFoundError):
+        return module
+    found = MISSING_NAME.search(str(err))
+    return f"{module}.{found.group(1)}" if found else None
+
+
+def first_transformers_with(path: str) -> str | None:
+    """The first transformers release that has ``path`` (its own entry, else its module's, else its folder's).
+
+    >>> first_transformers_with("transformers.models.qwen3_asr.modeling_qwen3_asr.Qwen3ASREncoder")
+    '5.13.0'
+    """
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        if (version := TRANSFORMERS_SINCE.get(".".join(parts[:end]))) is not None:
+            return version
+    return None
+
+
+def import_families(modules: Iterable[str], package: str = "contaudio.encoders") -> None:
+    """Import each family module (named as its family), which registers it; one that needs a transformers name
+    the installed transformers lacks goes to :data:`UNAVAILABLE` instead. Any other import error propagates."""
+    for module in modules:
+        try:
+            importlib.import_module(f"{package}.{module}")
+        except ImportError as err:
+            missing = missing_transformers_name(err)
+            if missing is None:
+                raise
+            UNAVAILABLE[module] = UnavailableFamily(
+                module, missing, transformers.__version__, first_transformers_with(missing)
+            )
+
+
+def unavailable_note() -> str:
+    """``"; unavailable with transformers X: a (needs transformers>=Y), ..."`` for error messages, or ``""``."""
+    if not UNAVAILABLE:
+        return ""
+    names = ", ".join(f"{f.name} (needs {f.requirement})" for f in UNAVAILABLE.values())
+    return f"; unavailable with transformers {transformers.__version__}: {names}"

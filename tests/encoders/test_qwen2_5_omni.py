@@ -142,7 +142,8 @@ def test_gradients_match_hf(batch, monkeypatch, attn: str, checkpointing: bool) 
     mel = mel.double()
     encoder = build(attn, {}).double()
     if checkpointing:
-        encoder.activation_checkpointing_enable()
+        # gradient_checkpointing_enable: its name before transformers 5.23 (a deprecated alias since)
+        getattr(encoder, "activation_checkpointing_enable", encoder.gradient_checkpointing_enable)()
         encoder.train()  # dropout is 0 in the card, so train mode changes nothing else
     monkeypatch.setattr(packed, "CPU_ROWS_PER_PASS", ONE_PASS)  # one pass: each layer runs once per forward
     layer_calls = []

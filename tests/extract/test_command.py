@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 from helpers.corpus import BAD_IDS, TINY_KWARGS
+from helpers.espnet_hub import hide_espnet
 from helpers.hydra_compose import compose_config
 
 from contaudio import FeatureStore
@@ -27,10 +27,11 @@ def test_cli_lengths_per_rank_then_one_file(corpus, tmp_path, capsys) -> None:
     assert sorted(r["id"] for r in read_jsonl(tmp_path / "errors.jsonl")) == sorted(BAD_IDS)
 
 
-def test_cli_espnet_stats_refused_without_espnet(tmp_path, capsys) -> None:
-    """``--espnet`` computes ESPnet's stats with ESPnet's own code: without ESPnet it says so (exit 2)."""
-    if importlib.util.find_spec("espnet2") is not None:
-        pytest.skip("ESPnet is installed here: tests/integration/test_stats.py runs --espnet for real")
+def test_cli_espnet_stats_refused_without_espnet(tmp_path, capsys, monkeypatch) -> None:
+    """``--espnet`` computes ESPnet's stats with ESPnet's own code: without ESPnet it says so (exit 2).
+
+    (With ESPnet, tests/integration/test_stats.py runs ``--espnet`` for real.)"""
+    hide_espnet(monkeypatch)
     spec = f"audio_to_text:train:{tmp_path / 'data.json'}"
     with pytest.raises(SystemExit) as exit_info:
         main(["extract", "--mode", "lengths", "--espnet", "--train-config", str(tmp_path / "train.yaml"),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers.audio import noise
 from helpers.checkpoints import card_extractor
+from helpers.families import needs_family
 from transformers import WhisperFeatureExtractor
 
 from contaudio.encoders import all_cards, get_family
@@ -97,12 +98,12 @@ def test_known_bug_is_the_70_db_clamp_and_changes_loud_clips(rng) -> None:
     assert float((log_mel(wav, buggy) - log_mel(wav, QWEN_CFG)).abs().max()) > 0.1
 
 
-WHISPER_CARDS = sorted(
-    name
-    for name, card in all_cards().items()
+WHISPER_CARDS = [
+    pytest.param(name, marks=needs_family(card.family))
+    for name, card in sorted(all_cards().items())
     if card.feature_extractor.get("feature_extractor_type", FeatureConfig.extractor_type)
     == FeatureConfig.extractor_type
-)
+]
 
 
 CARD_SIZES = [1, 2, 159, 160, 161, 399, 400, 401, 16000, 16001, 112123]  # + the last samples of the padding

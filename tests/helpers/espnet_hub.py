@@ -37,3 +37,12 @@ def hub_snapshot(cache: str | Path, repo_id: str) -> Path:
     snapshot = repo / "snapshots" / SNAPSHOT
     snapshot.mkdir(parents=True, exist_ok=True)
     return snapshot
+
+
+def hide_espnet(monkeypatch) -> None:
+    """Make every ``espnet2`` import fail in this test, as without ESPnet (also where it is installed)."""
+    import sys
+
+    for name in [n for n in sys.modules if n == "espnet2" or n.startswith("espnet2.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "espnet2", None)

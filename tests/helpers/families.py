@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
+from contaudio.encoders import UNAVAILABLE
 from helpers import checkpoints as ck
 
 
@@ -38,6 +40,13 @@ class FamilyCase:
 
     def __str__(self) -> str:
         return self.family
+
+    def audio_tower(self, model: nn.Module) -> nn.Module:
+        """The audio tower at ``tower`` (before transformers 5.21, an omni thinker's is at ``thinker.audio_tower``)."""
+        try:
+            return model.get_submodule(self.tower)
+        except AttributeError:
+            return model.get_submodule(self.tower.replace("thinker.model.", "thinker."))
 
 
 def extractor_output(card: str, wav: np.ndarray, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,11 +169,16 @@ def glmasr_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
 def gemma3n_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
     """Gemma3nForConditionalGeneration.forward on the extractor's output as Gemma3nProcessor calls it, with its 188
     audio soft tokens: the audio tower's rows the model scatters into the LM (before embed_audio), where its own
-    audio_mel_mask marks them valid."""
+    audio_mel_mask marks them valid (read at the tower's output: transformers 5.14 returns no audio_outputs)."""
     out = ck.card_extractor(ck.TINY_GEMMA3N)(wav, return_tensors="pt")
     ids = torch.full((1, model.config.audio_soft_tokens_per_image), model.config.audio_token_id)
-    audio = model(input_ids=ids, input_features=out["input_features"],
-                  input_features_mask=out["input_features_mask"]).audio_outputs  # fmt: skip
+    captured = {}
+    hook = model.model.audio_tower.register_forward_hook(lambda m, args, out: captured.update(audio=out))
+    try:
+        model(input_ids=ids, input_features=out["input_features"], input_features_mask=out["input_features_mask"])
+    finally:
+        hook.remove()
+    audio = captured["audio"]
     return audio.last_hidden_state[~audio.audio_mel_mask]
 
 
@@ -193,3 +207,33 @@ FAMILY_CASES = (
     FamilyCase("gemma3n", ck.TINY_GEMMA3N, "tiny_gemma3n", ck.save_tiny_gemma3n, "model.audio_tower", gemma3n_rows,
                (37, 200, 1013, 2997)),
 )  # fmt: skip
+
+
+# ---------------------------------------------------------------- families the installed transformers lacks
+def needs_family(family: str) -> pytest.MarkDecorator:
+    """Skip where the installed transformers lacks ``family``; the reason names the transformers it needs."""
+    missing = UNAVAILABLE.get(family)
+    return pytest.mark.skipif(missing is not None, reason=missing.message() if missing else "")
+
+
+CASE_PARAMS = [pytest.param(case, marks=needs_family(case.family)) for case in FAMILY_CASES]
+
+
+class UnavailableFamilyFile(pytest.File):
+    """Stands in for a module of an unavailable family, which cannot even be imported: collected as one skip."""
+
+    def __init__(self, *, reason: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.reason = reason
+
+    def collect(self):
+        pytest.skip(self.reason)
+
+
+def collect_unless_unavailable(collectors: list, family: str, file_path: Path, parent: pytest.Collector) -> list:
+    """``collectors`` (pytest's for ``file_path``), or one :class:`UnavailableFamilyFile` when ``family`` is one
+    the installed transformers lacks (for ``pytest_collect_file`` wrappers)."""
+    missing = UNAVAILABLE.get(family)
+    if missing is None:
+        return collectors
+    return [UnavailableFamilyFile.from_parent(parent, path=file_path, reason=missing.message())]
