@@ -21,10 +21,8 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import re
 import struct
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +45,6 @@ FILE_MODE = 0o666  # new files: read-write for all, less the umask (as open() cr
 SHARD_PATTERN = re.compile(r"^shard-r(\d{4,})-(\d{6,})\.safetensors$")
 SHARD_GLOB = "shard-r*-*.safetensors"
 TEMP_PREFIX = "."  # shards in progress are hidden: .shard-r0000-000003.safetensors.tmp-<pid>
-WRITE_QUEUE = 2  # shards waiting for the writer thread (each holds its tensors in memory)
 # files a run writes into its output folder (what overwrite=true removes; nothing else is touched)
 OWN_PATTERNS = (SHARD_GLOB, f"{TEMP_PREFIX}shard-r*.tmp-*", INDEX_FILE, META_FILE, "errors*.jsonl", "summary*.json",
                 "lengths*.jsonl", "cuts.jsonl.gz", "feats.scp", "feats_shape", "feats_stats.npz")  # fmt: skip
@@ -325,45 +322,6 @@ def merge_parts(folder: Path, stem: str, world_size: int | None = None) -> tuple
 
 
 # ----------------------------------------------------------------------------- writer thread
-
-
-class ShardWriter:
-    """Writes shards on a background thread so the encoder never waits for the disk.
-
-    ``submit`` blocks only when ``WRITE_QUEUE`` shards already wait; an error in the thread is
-    raised by the next ``submit`` or by ``close``.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.written: list[Path] = []
-        self._queue: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="contaudio-shard-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self.written.append(write_shard(self.directory, *job))
-                except BaseException as err:  # kept and raised in the main thread
-                    self._error = err
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"writing a shard into {self.directory} failed: {self._error}") from self._error
-
-    def submit(self, name: str, tensors: dict[str, torch.Tensor], entries: list[dict], failed: list[dict]) -> None:
-        self._raise_error()
-        self._queue.put((name, tensors, entries, failed))
-
-    def close(self) -> list[Path]:
-        """Wait for every submitted shard; return the paths written."""
-        self._queue.put(None)
-        self._thread.join()
-        self._raise_error()
-        return self.written
 
 
 # ----------------------------------------------------------------------------- output folder

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from contaudio.extract.pipeline import BatchJob, BatchWriter, StageTimes
 from contaudio.extract.shards import (
     INDEX_FILE,
     META_FILE,
     OutputMismatchError,
-    ShardWriter,
     done_ids,
     finished_shards,
     merge_parts,
@@ -47,9 +47,9 @@ def test_a_shard_is_published_whole_with_its_entries(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir())[0] == ".shard-r0001-000000.safetensors.tmp-98"
 
 
-def test_the_writer_thread_reports_its_errors(tmp_path) -> None:
-    writer = ShardWriter(tmp_path / "gone")  # a folder that does not exist
-    writer.submit("shard-r0000-000000.safetensors", {"c000000": torch.zeros(1, 2)}, [{"id": "a"}], [])
+def test_the_writer_reports_its_errors(tmp_path) -> None:
+    writer = BatchWriter(tmp_path / "gone", StageTimes(), max_pending=2)  # a folder that does not exist
+    writer.submit(BatchJob(None, [({"id": "a"}, 0)], [], shard="shard-r0000-000000.safetensors", dim=2))
     with pytest.raises(RuntimeError, match=r"writing a shard into .*gone failed"):
         writer.close()
 
