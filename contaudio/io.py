@@ -337,6 +337,7 @@ class ContinuousAudioIO(AbsIO):
             samples = self._samples_at_model_rate(*_unpack(data))
         else:
             samples = check_counts(data, "sample count")
+        self.features.check_samples(samples)  # a clip preprocess refuses is refused here too, with its message
         return self._rows(self.features.frames(samples))
 
     def _rows(self, mel_len: int | torch.Tensor) -> int | torch.Tensor:

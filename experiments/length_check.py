@@ -62,9 +62,10 @@ def every_m(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) ->
         for m, mel, got in zip(tqdm(ms, desc="every M", leave=False, disable=None), mels, encoded, strict=True):
             oracle = io.family.oracle_from_mel(io.encoder, torch.from_numpy(mel))
             counts = {"find_length_frames": io.find_length(None, before_length=m), "encoded": got}
-            if (extremes := samples_for_frames(io.features, m)) is not None:  # both extreme N that give M frames
+            extremes = samples_for_frames(io.features, m)  # both extreme N that give M frames (of those it takes)
+            if extremes is not None and (fewest := max(extremes[0], io.features.min_samples)) <= extremes[1]:
                 counts |= {
-                    "find_length_min_n": io.find_length(extremes[0]),
+                    "find_length_min_n": io.find_length(fewest),
                     "find_length_max_n": io.find_length(extremes[1]),
                 }
             rows.append(table_row({"m": m}, counts, judge_length(counts, oracle), oracle.error))

@@ -75,6 +75,28 @@ class Featurizer(ABC):
         """A copy with one realistic bug, for ``mutation=feature_bug`` (the checks against HF must catch it)."""
 
     @property
+    def min_samples(self) -> int:
+        """The shortest clip (samples at ``sampling_rate``) HF's extractor takes; shorter ones are refused alike by
+        :meth:`compute` and by ``ContinuousAudioIO.find_length`` (:meth:`check_samples`). 0: any count, even an
+        empty one (a clip too short for a frame gives 0 rows)."""
+        return 0
+
+    def too_short(self, num_samples: int) -> str:
+        """Why a clip of ``num_samples`` (< :attr:`min_samples`) is refused, and what to do."""
+        return (
+            f"{type(self).__name__}: a clip of {num_samples} samples is shorter than the {self.min_samples} "
+            "HF's feature extractor takes; drop the clip or pad it"
+        )
+
+    def check_samples(self, num_samples: IntOrTensor) -> None:
+        """Raise ValueError(:meth:`too_short`) when a clip (or any clip of a tensor of counts) is too short."""
+        shortest = int(num_samples.min()) if isinstance(num_samples, torch.Tensor) else num_samples
+        if isinstance(num_samples, torch.Tensor) and not num_samples.numel():
+            return
+        if shortest < self.min_samples:
+            raise ValueError(self.too_short(shortest))
+
+    @property
     def frame_rate(self) -> float:
         """Feature frames per second."""
         return self.sampling_rate / self.hop_length

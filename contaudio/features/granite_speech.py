@@ -90,6 +90,12 @@ class GraniteSpeechFeatures(Featurizer):
         """The shortest clip the extractor takes: reflect padding needs more than ``n_fft // 2`` samples."""
         return self.n_fft // 2 + 1
 
+    def too_short(self, num_samples: int) -> str:
+        return (
+            f"Granite Speech features need a clip of at least {self.min_samples} samples (torchaudio's reflect "
+            f"padding of n_fft // 2; HF's extractor raises too), got {num_samples}: drop the clip or pad it"
+        )
+
     def frames(self, num_samples: IntOrTensor) -> IntOrTensor:
         """Model frames for ``N`` samples: ``(N // stft_hop + 1) // 2`` (centred STFT frames, an odd last one dropped).
 
@@ -154,11 +160,9 @@ def granite_log_mel(wav: torch.Tensor, cfg: GraniteSpeechFeatures) -> torch.Tens
     -> ``/ 4 + 1`` -> pairs of frames side by side.
     """
     wav = torch.as_tensor(wav, dtype=torch.float32)
-    if wav.ndim != 1 or wav.shape[0] < cfg.min_samples:
-        raise ValueError(
-            f"Granite Speech features need one mono clip of at least {cfg.min_samples} samples (torchaudio's "
-            f"reflect padding of n_fft // 2; HF's extractor raises too), got shape {tuple(wav.shape)}"
-        )
+    if wav.ndim != 1:
+        raise ValueError(f"Granite Speech features need one mono clip [N], got shape {tuple(wav.shape)}")
+    cfg.check_samples(wav.shape[0])
     window, filters = stft_constants(cfg)
     spec = torch.stft(
         wav, cfg.n_fft, cfg.stft_hop, cfg.win_length, window, center=True, pad_mode="reflect", return_complex=True
