@@ -195,11 +195,15 @@ def to_float_mono(wav: np.ndarray, policy: AudioPolicy) -> np.ndarray:
     else:
         wav = wav[0]
     # contiguous, writable float32 (copies only negative-stride, read-only or non-float32 input)
-    wav = np.require(wav, dtype=np.float32, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+    return check_finite(np.require(wav, dtype=np.float32, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
+
+
+def check_finite(wav: np.ndarray, where: str = "") -> np.ndarray:
+    """``wav`` unchanged, or a ValueError naming how many NaN/Inf samples it holds and the first one."""
     if not np.isfinite(wav).all():
         bad = np.flatnonzero(~np.isfinite(wav))
         raise ValueError(
-            f"wav holds {bad.size} NaN/Inf samples (first at index {int(bad[0])}); "
+            f"wav holds {bad.size} NaN/Inf samples{where} (first at index {int(bad[0])}); "
             "clean or drop the clip before preprocessing"
         )
     return wav
@@ -236,28 +240,22 @@ def prepare_waveform(wav: Any, sr: Any, target_sr: int, policy: AudioPolicy = Au
     return normalize(mono) if policy.normalize else mono
 
 
-def espnet_mono(wav: Any, sr: Any, target_sr: int) -> np.ndarray:
+def espnet_mono(wav: Any, sr: Any, target_sr: int, policy: AudioPolicy = AudioPolicy()) -> np.ndarray:
     """The waveform ESPnet 202611's ``ContinuousAudioIO.preprocess`` hands its extractor: ``[N']`` float32.
 
     ``[C, N]`` (or ``[N, C]`` with N > C, transposed; ``[N]`` is one channel) -> channel 0 only (logged
     once when C > 1), resampled to ``target_sr`` with ``torchaudio.functional.resample`` in the clip's
     own float dtype, then float32. Integer PCM is cast to float without scaling, as ESPnet's
     extractor casts it (its normalisation removes the scale). Same checks and messages as
-    :func:`prepare_waveform` (rate, rank, dtype, empty, NaN/Inf).
+    :func:`prepare_waveform` (rate, rank, dtype, empty, NaN/Inf, ``policy.max_duration_s``).
     """
-    sr = check_sample_rate(sr)
-    channels, num_samples = waveform_shape(wav)
+    sr, channels, num_samples = check_layout(wav, sr, target_sr, policy)
     if channels > 1:
         log_once(f"espnet-channel0-{channels}", f"{channels} channels: keeping channel 0, as ESPnet's frontend does")
     first = check_waveform(as_numpy(wav))[0]
     if first.dtype.kind != "f":
         first = first.astype(np.float32)
-    if not np.isfinite(first).all():
-        bad = np.flatnonzero(~np.isfinite(first))
-        raise ValueError(
-            f"wav holds {bad.size} NaN/Inf samples in channel 0 (first at index {int(bad[0])}); "
-            "clean or drop the clip before preprocessing"
-        )
+    check_finite(first, " in channel 0")
     if sr != target_sr:
         log_once(
             f"espnet-resample-{sr}-{target_sr}", f"resampling {sr} Hz -> {target_sr} Hz with torchaudio (ESPnet's)"

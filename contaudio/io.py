@@ -6,6 +6,7 @@ import copy
 import logging
 import time
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -349,8 +350,7 @@ class ContinuousAudioIO(AbsIO):
     def _mono(self, wav: Any, sr: Any) -> np.ndarray:
         """The clip as the frontend hands it to the featurizer: mono float32 at the model's rate."""
         if self.frontend == "espnet":
-            check_layout(wav, sr, self.sample_rate, self.policy)  # max_duration_s; ESPnet's own checks follow
-            return espnet_mono(wav, sr, self.sample_rate)
+            return espnet_mono(wav, sr, self.sample_rate, self.policy)
         return prepare_waveform(wav, sr, self.sample_rate, self.policy)
 
     def _samples_at_model_rate(self, wav: Any, sr: Any) -> int:
@@ -494,11 +494,7 @@ def check_frontend(frontend: str, policy: AudioPolicy) -> str:
     """A known frontend; ``"espnet"`` does what ESPnet does, so it refuses the processor frontend's audio policies."""
     if frontend not in FRONTENDS:
         raise ValueError(f"frontend must be one of {FRONTENDS}, got {frontend!r}")
-    if frontend == "espnet" and (policy.resample, policy.multichannel, policy.normalize) != (
-        "resample",
-        "average",
-        False,
-    ):
+    if frontend == "espnet" and replace(policy, max_duration_s=None) != AudioPolicy():  # only the duration limit
         raise ValueError(
             "frontend='espnet' prepares audio exactly as ESPnet's ContinuousAudioIO (channel 0, torchaudio "
             "resampling, normalised); resample/multichannel/normalize are the 'processor' frontend's options: "
