@@ -16,6 +16,13 @@ of ``|X|^2`` through a square root).
 
 torchaudio's reflect padding needs more than ``n_fft // 2`` (256) samples: HF's extractor raises for
 shorter clips and so does :meth:`GraniteSpeechFeatures.compute`.
+
+The values share no code with the reference's spectrogram: the mel matrix is ``transformers.audio_utils``'
+``mel_filter_bank`` (HTK, no normalisation; the same triangles as torchaudio's ``melscale_fbanks``), the STFT
+``torch.stft``. HF's extractor runs on torchaudio where it is installed, else on contaudio's stand-in for
+torchaudio's ``MelSpectrogram`` (:mod:`contaudio.features.torchaudio_mel`, checked on its own against a
+numpy spectrogram and torchaudio), installed only while :meth:`GraniteSpeechFeatures.hf_extractor` builds it
+and while the family's oracle calls it.
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
-from transformers.models.granite_speech import feature_extraction_granite_speech as hf_granite_features
+from transformers.audio_utils import mel_filter_bank
+from transformers.models.granite_speech.feature_extraction_granite_speech import GraniteSpeechFeatureExtractor
 
 from contaudio.features.base import EXTRACTOR_TYPE_KEY, Featurizer, register_featurizer
-from contaudio.features.torchaudio_mel import install_for_hf_granite_speech, melscale_fbanks
+from contaudio.features.torchaudio_mel import torchaudio_for_hf_granite_speech
 from contaudio.lengths import IntOrTensor
 
 LOG_FLOOR = 1e-10  # power floor before log10
@@ -40,8 +48,8 @@ BUGGY_DYNAMIC_RANGE = 7.0  # with_known_bug: a 70 dB clamp instead of 80 dB
 # our field name -> HF's preprocessor_config.json key (``n_mels`` / ``hop_length`` are the base class's
 # properties: values and samples per *model* frame, i.e. after stacking)
 HF_NAMES = {"mel_bins": "n_mels", "stft_hop": "hop_length"}
-
-install_for_hf_granite_speech(hf_granite_features)  # HF's extractor is the reference: make it run without torchaudio
+MEL_F_MIN = 0.0  # HF's extractor leaves torchaudio's f_min = 0 and f_max = sampling_rate // 2
+MEL_SCALE = "htk"  # torchaudio's default mel scale, without filter normalisation
 
 
 @register_featurizer
@@ -135,10 +143,16 @@ class GraniteSpeechFeatures(Featurizer):
         settings = {HF_NAMES.get(name, name): getattr(self, name) for name in self.hf_fields()}
         return {EXTRACTOR_TYPE_KEY: self.extractor_type, **settings}
 
-    def hf_extractor(self) -> hf_granite_features.GraniteSpeechFeatureExtractor:
-        """HF's own extractor configured like this (torchaudio's MelSpectrogram transcribed where it is missing)."""
+    def hf_extractor(self) -> GraniteSpeechFeatureExtractor:
+        """HF's own extractor configured like this, on torchaudio's ``MelSpectrogram``.
+
+        Where torchaudio is missing it is built on contaudio's stand-in, which HF's module holds only while
+        this runs; HF's extractor then checks for torchaudio again on every call, so call it inside
+        :func:`~contaudio.features.torchaudio_mel.torchaudio_for_hf_granite_speech`, as the family's
+        ``hf_inputs`` and ``oracle`` do."""
         settings = {key: value for key, value in self.to_dict().items() if key != EXTRACTOR_TYPE_KEY}
-        return hf_granite_features.GraniteSpeechFeatureExtractor(**settings)
+        with torchaudio_for_hf_granite_speech():
+            return GraniteSpeechFeatureExtractor(**settings)
 
     def with_known_bug(self) -> GraniteSpeechFeatures:
         """The clamp keeps 70 dB below the clip's peak instead of 80 dB."""
@@ -147,9 +161,18 @@ class GraniteSpeechFeatures(Featurizer):
 
 @lru_cache(maxsize=8)
 def stft_constants(cfg: GraniteSpeechFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-    """The periodic Hann window ``[win_length]`` and the HTK mel matrix ``[n_fft // 2 + 1, mel_bins]`` (cached)."""
-    filters = melscale_fbanks(cfg.n_fft // 2 + 1, 0.0, float(cfg.sampling_rate // 2), cfg.mel_bins, cfg.sampling_rate)
-    return torch.hann_window(cfg.win_length), filters
+    """The periodic Hann window ``[win_length]`` and the HTK mel matrix ``[n_fft // 2 + 1, mel_bins]`` (cached),
+    the latter by ``transformers.audio_utils.mel_filter_bank`` in float64, then float32."""
+    filters = mel_filter_bank(
+        num_frequency_bins=cfg.n_fft // 2 + 1,
+        num_mel_filters=cfg.mel_bins,
+        min_frequency=MEL_F_MIN,
+        max_frequency=float(cfg.sampling_rate // 2),
+        sampling_rate=cfg.sampling_rate,
+        norm=None,
+        mel_scale=MEL_SCALE,
+    )
+    return torch.hann_window(cfg.win_length), torch.from_numpy(filters).float()
 
 
 def granite_log_mel(wav: torch.Tensor, cfg: GraniteSpeechFeatures) -> torch.Tensor:
