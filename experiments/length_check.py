@@ -5,7 +5,9 @@ python -m experiments.length_check encoder=qwen_omni length_check.m_max=1000
 Every mel length M in [m_min, m_max] goes through the real encoder and through HF's model path
 (the family's oracle, on the same weights); edge and random sample counts N go through
 preprocess, the encoder, and HF's extractor + model from the waveform. Where HF raises for a
-length, its error is recorded per M and contaudio is judged by its documented rule.
+length, its error is recorded: a refusal the family declares for that clip (``expected_refusals``)
+hands the length to contaudio's documented rule, any other error fails it; the run fails when HF
+judged fewer lengths than the family's ``min_oracle_share``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from contaudio import ContinuousAudioIO
-from contaudio.conformance import Verdict, judge_length
+from contaudio.conformance import ORACLE, RULE, UNJUDGED, Verdict, judge_length, oracle_share, share_reason
+from contaudio.encoders.refusals import ClipSize
 from contaudio.features import samples_for_frames
 from experiments import config as _config  # noqa: F401  (registers the schema)
 from experiments.common import pad_mels, random_clip, run_experiment
@@ -42,12 +45,13 @@ def encoded_rows(io: ContinuousAudioIO, mels: list[np.ndarray], batch_size: int)
     with torch.inference_mode():
         for start in range(0, len(mels), batch_size):
             batch, lengths = pad_mels(mels[start : start + batch_size])
-            rows += [f.shape[0] for f in io.encode_batch(batch, lengths)]
+            rows += [f.shape[-2] for f in io.encode_batch(batch, lengths)]
     return rows
 
 
 def table_row(key: dict[str, int], counts: dict[str, int], verdict: Verdict, error: str | None) -> dict[str, Any]:
-    hf = {"hf_rows": verdict.figures.get("hf_rows"), "hf_error": error, "judged_by": verdict.judged_by}
+    hf = {"hf_rows": verdict.figures.get("hf_rows"), "hf_placeholders": verdict.figures.get("hf_placeholders"),
+          "hf_error": error, "judged_by": verdict.judged_by, "refusal": verdict.figures.get("refusal")}  # fmt: skip
     return {**key, **counts, **hf, "passed": verdict.passed, "reasons": "; ".join(verdict.reasons)}
 
 
@@ -68,7 +72,8 @@ def every_m(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generator) ->
                     "find_length_min_n": io.find_length(fewest),
                     "find_length_max_n": io.find_length(extremes[1]),
                 }
-            rows.append(table_row({"m": m}, counts, judge_length(counts, oracle), oracle.error))
+            verdict = judge_length(counts, oracle, ClipSize(m), io.family.expected_refusals)
+            rows.append(table_row({"m": m}, counts, verdict, oracle.error))
     return rows
 
 
@@ -78,6 +83,7 @@ def sample_counts(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generat
     sizes = (
         edge_sample_counts(hop, list(c.edge_hops)) + rng.integers(1, int(c.max_random_s * sr), size=c.random_n).tolist()
     )
+    sizes = [n for n in sizes if n >= io.features.min_samples]  # shorter: refused alike (tests/test_short_clips.py)
     wavs = [random_clip(rng, n) for n in sizes]
     pre = [io.preprocess((wav, sr)) for wav in tqdm(wavs, desc="preprocess", leave=False, disable=None)]
     encoded = encoded_rows(io, [p[1][1] for p in pre], c.batch_size)
@@ -91,9 +97,9 @@ def sample_counts(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generat
             counts = {"find_length": io.find_length(n), "find_length_wav": io.find_length((wav, sr)),
                       "find_length_frames_tensor": vec, "preprocess_t": p[1][0], "seq_rows": p[0].shape[0],
                       "encoded": got}  # fmt: skip
-            rows.append(
-                table_row({"n": n, "frames": p[1][1].shape[0]}, counts, judge_length(counts, oracle), oracle.error)
-            )
+            clip = ClipSize(p[1][1].shape[0], n)
+            verdict = judge_length(counts, oracle, clip, io.family.expected_refusals)
+            rows.append(table_row({"n": n, "frames": clip.frames}, counts, verdict, oracle.error))
     return rows
 
 
@@ -108,16 +114,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         tables = {"every_m": every_m(cfg, io, rng), "samples": sample_counts(cfg, io, rng)}
         rows = [r for table in tables.values() for r in table]
         failures = [failure_message(r) for r in rows if not r["passed"]]
-        hf_errors = [r for r in rows if r["hf_error"]]
+        judged_by = [r["judged_by"] for r in rows]
+        too_few = share_reason(judged_by, io.family.min_oracle_share, io.family.name)
+        first_failures = failures[:MAX_EXAMPLES] + ([too_few] if too_few else [])  # clips first: they are named
+        failures += [too_few] if too_few else []
+        refused = [r for r in rows if r["judged_by"] == RULE]
         metrics = {
             "passed": not failures, "mismatches": len(failures), "m_checked": len(tables["every_m"]),
             "n_checked": len(tables["samples"]), "oracle": io.family.oracle_path, "returns": io.family.returns,
-            "judged_by_oracle": sum(r["judged_by"] == "oracle" for r in rows),
-            "judged_by_rule": {"count": len(hf_errors), "note": "HF raised; judged by contaudio's documented rule",
-                               "examples": [{k: r.get(k) for k in ("m", "n", "hf_error")} for r in hf_errors[:3]]},
-            "first_failures": failures[:MAX_EXAMPLES],
+            "judged_by_oracle": judged_by.count(ORACLE), "oracle_share": oracle_share(judged_by),
+            "min_oracle_share": io.family.min_oracle_share,
+            "judged_by_rule": {"count": len(refused), "note": "HF raised a refusal the family declares; judged by "
+                               "contaudio's documented rule",
+                               "examples": [{k: r.get(k) for k in ("m", "n", "hf_error", "refusal")}
+                                            for r in refused[:3]]},
+            "hf_failures_undeclared": judged_by.count(UNJUDGED),
+            "first_failures": first_failures,
         }  # fmt: skip
-        for message in failures[:MAX_EXAMPLES]:
+        for message in first_failures:
             print(f"length_check FAILED {message}")
         return metrics, tables
 

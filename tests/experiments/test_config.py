@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from helpers.hydra_compose import CONF_DIR, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from experiments.length_check import edge_sample_counts
+from experiments.mask_check import clip_lengths
+
+SAMPLE_RATE, HOP = 16000, 160  # every smoke family's extractor
+CHUNK_EDGE_FRAMES = 200  # Qwen2.5-Omni's first chunk edge (2 * n_window frames), Qwen3-Omni's second (100-frame chunks)
 GROUPS = ("encoder", "dtype", "device", "attn", "tracker", "experiment")
 
 
@@ -50,3 +56,18 @@ def test_typos_and_wrong_types_fail_naming_the_key(override: str, fragment: str)
         compose_config([override])
     message = str(err.value) + str(err.value.__cause__ or "")
     assert fragment in message
+
+
+SMOKE_FAMILIES = ("tiny_qwen_omni", "tiny_qwen3_omni", "tiny_whisper", "tiny_audioflamingo3", "tiny_glmasr")
+
+
+@pytest.mark.parametrize("encoder", SMOKE_FAMILIES)
+def test_the_smoke_run_reaches_long_clips_windows_and_chunk_edges(encoder: str) -> None:
+    """ci_smoke's clips cross 30 s (a second window, the waveform cut), 300 s and the chunk edges of the chunked
+    towers (2 s for Qwen2.5-Omni, 1 s for Qwen3-Omni), so a mutation on those paths (late_frames) is reached."""
+    cfg = compose_config(["experiment=ci_smoke", f"encoder={encoder}"])
+    sizes = [n for batch in clip_lengths(cfg, np.random.default_rng(cfg.seed), SAMPLE_RATE, HOP) for n in batch]
+    edges = edge_sample_counts(HOP, list(cfg.length_check.edge_hops))
+    assert max(sizes) > 300 * SAMPLE_RATE and max(edges) > 30 * SAMPLE_RATE
+    assert any(2 * SAMPLE_RATE < n < 30 * SAMPLE_RATE for n in sizes)  # a clip across the first chunk edges
+    assert cfg.length_check.m_max > CHUNK_EDGE_FRAMES and cfg.encoder.long_clip in ("raise", "windows")

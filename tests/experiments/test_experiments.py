@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from helpers.hydra_compose import compose_config
 
+from contaudio.conformance import TOLERANCES
 from experiments import bench, length_check, mask_check, report, suite
 from experiments.common import CheckFailed
 
@@ -60,6 +62,31 @@ def test_mask_check_fails_when_tolerance_is_impossible(tmp_path) -> None:
     record = mask_check.run(cfg)
     assert record["status"] == "failed" and not record["metrics"]["passed"]
     assert record["metrics"]["first_failures"][0].startswith("batch 0 clip 0 (")
+
+
+BF16_RUN = ["experiment=ci_smoke", "dtype=bf16", "mask_check.num_batches=1", "mask_check.batch_size=6",
+            "mask_check.max_duration_s=10", "mask_check.long_clip_s=0", "mask_check.tiny_clips=false"]  # fmt: skip
+
+
+def old_bf16_rule_passes(row: dict) -> bool:
+    """The fixed rule this replaces for values vs HF: ``|ours - HF| <= 5e-2 + 5e-2 * max |HF|``."""
+    old = TOLERANCES[torch.bfloat16]
+    return row["vs_oracle_max_abs"] <= old.atol + old.rtol * row["vs_oracle_max_abs"] / row["vs_oracle_rel"]
+
+
+def test_mask_check_in_bf16_holds_a_few_percent_leak_to_hfs_own_error(tmp_path) -> None:
+    """bf16 values are judged against HF's float32 answer relative to HF's own bf16 error: the clean run passes;
+    padding_leak's leak of a few percent fails, on clips the old fixed 5 % rule passed too."""
+    clean = mask_check.run(compose_config([*BF16_RUN, f"output_dir={tmp_path / 'clean'}"]))
+    metrics = clean["metrics"]
+    assert clean["status"] == "ok", metrics["first_failures"]
+    assert metrics["tolerance"]["vs_hf"].startswith("RMS <= 1.5x") and metrics["max_ratio_vs_hf_own"] <= 1.5
+    leaky = mask_check.run(compose_config([*BF16_RUN, f"output_dir={tmp_path / 'leak'}", "mutation=padding_leak",
+                                           "strict=false"]))  # fmt: skip
+    failed = [row for row in leaky["tables"]["clips"] if not row["passed"]]
+    assert leaky["status"] == "failed" and failed
+    assert all("differs from HF float32" in row["reasons"] for row in failed)
+    assert any(old_bf16_rule_passes(row) for row in failed)  # a leak the old rule let through
 
 
 def test_length_check_has_no_mismatch_and_asks_hf(smoke_cfg) -> None:
