@@ -64,10 +64,17 @@ sweep:
 	$(PYTHON) -m experiments.bench -m experiment=dtype_sweep hydra.sweep.dir=$(SWEEP_DIR)
 	$(PYTHON) -m experiments.report $(SWEEP_DIR)
 
-# All three experiments on every family's tiny card, tracker off, failures fatal (CI runs this).
-# `make smoke MUTATION=padding_leak` (or rows_off_by_one, feature_bug) injects a known bug: it must fail.
+# All three experiments on every family's tiny card, tracker off, failures fatal (CI runs this), in each returns=
+# mode: the default (lm; Whisper: tower), the tower where it differs from the LM's rows, and hidden states.
+# `make smoke MUTATION=oracle_error` (or rows_off_by_one, padding_leak, feature_bug, oracle_drops_row, late_frames)
+# injects a known bug: it must fail.
 SMOKE_ENCODERS ?= tiny_qwen_omni,tiny_qwen3_omni,tiny_qwen2_audio,tiny_whisper,tiny_voxtral,tiny_qwen3_asr,tiny_audioflamingo3,tiny_glmasr,tiny_granite_speech,tiny_gemma3n,tiny_phi4_multimodal
+SMOKE_TOWER_ENCODERS ?= tiny_qwen2_audio,tiny_voxtral,tiny_qwen3_asr,tiny_audioflamingo3,tiny_glmasr,tiny_gemma3n,tiny_phi4_multimodal
 MUTATION ?=
 smoke:
 	$(PYTHON) -m experiments.suite -m experiment=ci_smoke encoder=$(SMOKE_ENCODERS) hydra.sweep.dir=multirun/ci_smoke \
 		$(if $(MUTATION),mutation=$(MUTATION),)
+	$(PYTHON) -m experiments.suite -m experiment=ci_smoke_modes encoder=$(SMOKE_TOWER_ENCODERS) encoder.returns=tower \
+		hydra.sweep.dir=multirun/ci_smoke_tower $(if $(MUTATION),mutation=$(MUTATION),)
+	$(PYTHON) -m experiments.suite -m experiment=ci_smoke_modes encoder=$(SMOKE_ENCODERS) encoder.returns=hidden_states \
+		'encoder.layers=[0,1]' hydra.sweep.dir=multirun/ci_smoke_hidden $(if $(MUTATION),mutation=$(MUTATION),)

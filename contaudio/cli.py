@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from contaudio.dtypes import AUTO, DTYPES
 from contaudio.encoders import UNAVAILABLE, all_cards
 from contaudio.encoders.loading import WEIGHTS_MODES
+from contaudio.encoders.registry import RETURNS
 from contaudio.encoders.windows import LONG_CLIP_POLICIES
 from contaudio.extract.command import add_extract_commands
 from contaudio.extract.manifests import ManifestError
@@ -35,7 +36,8 @@ def encode(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     io = ContinuousAudioIO(
         encoder_hf_model_tag=args.tag, dtype=args.dtype, device=args.device,
-        attn_implementation=args.attn, weights=args.weights, long_clip=args.long_clip,
+        attn_implementation=args.attn, weights=args.weights, long_clip=args.long_clip, returns=args.returns,
+        layers=args.layers,
     )  # fmt: skip
     print(f"{args.tag}: {io.family.name}, {args.weights} weights, {io.torch_dtype} ({io.dtype_choice.reason}), "
           f"{io.device}, D={io.feature_dim()}, built in {time.perf_counter() - start:.1f} s")  # fmt: skip
@@ -51,8 +53,8 @@ def encode(args: argparse.Namespace) -> None:
         with torch.inference_mode():
             (feats,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
         t2 = time.perf_counter()
-        if not feats.shape[0] == rows == io.find_length((wav, sr)):
-            raise RuntimeError(f"{path}: encoder rows {feats.shape[0]} != preprocess T {rows}")
+        if not feats.shape[-2] == rows == io.find_length((wav, sr)):  # [T, D], or [L, T, D] (hidden states)
+            raise RuntimeError(f"{path}: encoder rows {feats.shape[-2]} != preprocess T {rows}")
         features[path.stem] = feats.float().cpu().contiguous()
         print(f"{path.name:<40} {wav.shape[1] / sr:>7.2f} {mel.shape[0]:>7d} {rows:>6d} "
               f"{(t1 - t0) * 1e3:>8.1f} {(t2 - t1) * 1e3:>8.1f}")  # fmt: skip
@@ -120,6 +122,20 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(LONG_CLIP_POLICIES),
         default="raise",
         help="30 s encoders (Whisper, Qwen2-Audio, Voxtral) on longer files: raise, or encode 30 s windows",
+    )
+    parser.add_argument(
+        "--returns",
+        choices=list(RETURNS),
+        default=None,
+        help="what a clip's rows are: lm (default; what the model feeds its LM), tower (the audio tower's rows; "
+        "Whisper's default) or hidden_states (with --layers)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="with --returns hidden_states: HF's output_hidden_states indices (0: the first layer's input, -1: last)",
     )
 
 

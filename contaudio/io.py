@@ -6,12 +6,14 @@ import copy
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
+from transformers import PreTrainedConfig
 
 from contaudio.audio import (
     AudioPolicy,
@@ -45,7 +47,8 @@ log = logging.getLogger(__name__)
 ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager", "flash_attention_2", "varlen")
 ENCODER_CHOICES = ("huggingface",)
 MODALITY = "audio"  # ESPnet's SpeechLM writes <|audio|> before the clip's positions
-DUMMY_FRAMES = 4  # mel frames for dummy_forward: the fewest that give every family >= 1 row
+DUMMY_FRAMES = 4  # mel frames for dummy_forward, or the fewest that give one row where 4 give none (dummy_frames)
+DUMMY_SEARCH_FRAMES = 3000  # dummy_frames looks no further than one 30 s window
 ESPNET_TOWER_PATH = "model.audio_tower"  # where ESPnet's own ContinuousAudioIO keeps the tower (in its thinker)
 CONTAUDIO_TOWER_PATH = "encoder"
 TOWER_PATHS = (CONTAUDIO_TOWER_PATH, ESPNET_TOWER_PATH)  # checkpoint layouts either class loads
@@ -166,6 +169,16 @@ class ContinuousAudioIO(AbsIO):
             ``ContinuousAudioIO`` does (channel 0, torchaudio resampling, normalised unpadded
             extraction, ``N // 160`` frames, int32 ``seq``/``loss_mask``), for models trained
             through ESPnet's class. Whisper-extractor families only.
+        returns: what a clip's rows are, the same meaning for every family (None: ``"lm"``, or ``"tower"`` for
+            Whisper, which has no LM). ``"lm"``: exactly what the
+            model feeds its LM at the audio placeholders (HF's ``get_audio_features(...).pooler_output`` for the
+            clip alone: the tower, then the model's own projector/merge where it has one); ``find_length`` is then
+            the number of audio placeholder tokens the model's processor puts in the prompt, ``feature_dim()`` the
+            LM width. Whisper has no LM: use ``"tower"``. ``"tower"``: the audio tower's own rows.
+            ``"hidden_states"``: per clip ``[len(layers), T, D_tower]``, HF's ``output_hidden_states`` entries
+            ``layers`` for the clip alone (only the layers up to the deepest one are built and run).
+        layers: with ``returns="hidden_states"``: indices into HF's ``output_hidden_states`` (0: the first
+            layer's input, ``i``: layer ``i``'s output, negative from the end), e.g. ``[-1]`` or ``[4, 8, 12]``.
     """
 
     tower_path: ClassVar[str] = CONTAUDIO_TOWER_PATH  # the tower's place in this module (its state_dict prefix)
@@ -189,6 +202,8 @@ class ContinuousAudioIO(AbsIO):
         long_clip: LongClipPolicy = "raise",
         skip_init_encoder: bool = False,
         frontend: Frontend = "processor",
+        returns: str | None = None,
+        layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__(modality=MODALITY, is_discrete=False)
         if encoder_choice not in ENCODER_CHOICES:
@@ -202,9 +217,13 @@ class ContinuousAudioIO(AbsIO):
         self.long_clip = check_long_clip_policy(long_clip)
         # the length-stats step needs no weights: a shipped card gives family and features without any download
         self.source: EncoderSource = resolve(encoder_hf_model_tag, weights, revision, config_only=skip_init_encoder)
-        self.family = self.source.family
+        self.family = self.source.family.view(returns, layers, self.source.encoder_config)
+        self.returns: str = self.source.family.default_returns if returns is None else returns
+        self.layers: tuple[int, ...] | None = getattr(self.family, "layers", None)  # resolved (hidden_states only)
         self.features = frontend_features(self.source.features, self.frontend, self.family.name)
-        self._feature_dim = self.family.output_dim(self.source.encoder_config)
+        self._feature_dim = self.family.output_dim(
+            self.family.module_config(self.source.encoder_config, self.source.model_config)
+        )
         self.dropped_weights: tuple[str, ...] = ()
         if skip_init_encoder:
             log.info("skip_init_encoder=True: no %s encoder built; preprocess/find_length only", self.family.name)
@@ -214,9 +233,12 @@ class ContinuousAudioIO(AbsIO):
         log.info("compute dtype %s (%s)", self.dtype_choice.name, self.dtype_choice.reason)
         start = time.perf_counter()
         hf_attention = "sdpa" if self.attn_implementation == VARLEN_IMPLEMENTATION else self.attn_implementation
-        self._attach_encoder(build_encoder(self.source, weights, self.torch_dtype, hf_attention, seed).to(target))
+        encoder = build_encoder(self.source, weights, self.torch_dtype, hf_attention, seed, family=self.family)
+        self._attach_encoder(encoder.to(target))
         if self.attn_implementation in (VARLEN_IMPLEMENTATION, "sdpa"):  # asked for by name: the packed forward
-            setattr(self.encoder.config, KERNEL_ATTRIBUTE, self.attn_implementation)  # uses exactly that kernel
+            for module in self.encoder.modules():  # every config inside (a tower wrapped with its projector too)
+                if isinstance(config := getattr(module, "config", None), PreTrainedConfig):
+                    setattr(config, KERNEL_ATTRIBUTE, self.attn_implementation)  # uses exactly that kernel
         log.info(
             "built %s encoder (%s weights, %.0f M params, %s, %s) from %s in %.1f s",
             self.family.name,
@@ -229,7 +251,9 @@ class ContinuousAudioIO(AbsIO):
         )
         values = {name: p.detach() for name, p in self.encoder.named_parameters()}
         self.dropped_weights = drop_unread_parameters(self.encoder, lambda: self._forward_silence(self.encoder))
-        if self.keep_dropped_weights:  # their state_dict keys stay (checkpoints interchange); no gradient, no DDP
+        # their state_dict keys stay (checkpoints interchange), or HF's forward still runs them (the hidden-states
+        # oracle runs HF's tower through a layer our forward stops before); no gradient, no DDP
+        if self.keep_dropped_weights or self.family.leading_shape:
             for name in self.dropped_weights:
                 owner, _, leaf = name.rpartition(".")
                 module = self.encoder.get_submodule(owner)
@@ -369,14 +393,15 @@ class ContinuousAudioIO(AbsIO):
         ``T_i`` is exactly ``preprocess``'s T for clip i (ESPnet writes each tensor into T
         LM positions without slicing). Runs under the caller's grad mode (wrap in
         ``torch.inference_mode()`` for inference). Clips too short for one row give an
-        empty ``[0, D]`` tensor.
+        empty ``[0, D]`` tensor. With ``returns="hidden_states"`` each clip is ``[len(layers), T_i, D]``.
         """
         encoder = self._require_encoder()
         mel, lengths = self._check_batch(mel, lengths)
         rows = self._rows(lengths)
         dim = self.feature_dim()
         device = self.device
-        outputs = [torch.empty(0, dim, dtype=self.torch_dtype, device=device) for _ in range(len(lengths))]
+        shape = (*self.family.leading_shape, 0, dim)
+        outputs = [torch.empty(shape, dtype=self.torch_dtype, device=device) for _ in range(len(lengths))]
         keep = (rows > 0).nonzero().flatten()
         if len(keep) == 0:
             return outputs
@@ -386,11 +411,11 @@ class ContinuousAudioIO(AbsIO):
         batch = kept.to(device=device, dtype=self.torch_dtype, non_blocking=True)
         flat = self.family.forward(encoder, batch, kept_lengths)
         kept_rows = rows[keep].tolist()
-        if flat.shape[0] != sum(kept_rows):
+        if flat.shape[-2] != sum(kept_rows):
             raise RuntimeError(
-                f"{self.family.name}: encoder returned {flat.shape[0]} rows, length rule says {sum(kept_rows)}"
+                f"{self.family.name}: encoder returned {flat.shape[-2]} rows, length rule says {sum(kept_rows)}"
             )
-        for index, feats in zip(keep.tolist(), flat.split(kept_rows), strict=True):
+        for index, feats in zip(keep.tolist(), flat.split(kept_rows, dim=-2), strict=True):
             outputs[index] = feats
         return outputs
 
@@ -431,7 +456,7 @@ class ContinuousAudioIO(AbsIO):
         For a batch without audio: feed it where ``encode_batch``'s output would go (e.g. through
         the LM's adaptor ``Linear(D, hidden)``) and add ``0.0 * out.sum()`` to the loss, so
         DDP/ZeRO see a (zero) gradient for every encoder weight. Returned in
-        ``ref_tensor``'s dtype and device. Costs one forward of ``DUMMY_FRAMES`` frames.
+        ``ref_tensor``'s dtype and device. Costs one forward of :func:`dummy_frames` frames (4 for most families).
         """
         encoder = self._require_encoder()
         out = self._forward_silence(encoder)
@@ -441,9 +466,10 @@ class ContinuousAudioIO(AbsIO):
         return out.to(device=ref_tensor.device, dtype=ref_tensor.dtype)
 
     def _forward_silence(self, encoder: nn.Module) -> torch.Tensor:
-        """The family's forward on one all-zero clip of ``DUMMY_FRAMES`` frames: ``[rows, D]``."""
-        mel = torch.zeros(1, DUMMY_FRAMES, self.n_mels, dtype=self.torch_dtype, device=self.device)
-        return self.family.forward(encoder, mel, torch.tensor([DUMMY_FRAMES]))
+        """The family's forward on one all-zero clip of :func:`dummy_frames` frames: ``[rows, D]``."""
+        frames = dummy_frames(self.family.rows)
+        mel = torch.zeros(1, frames, self.n_mels, dtype=self.torch_dtype, device=self.device)
+        return self.family.forward(encoder, mel, torch.tensor([frames]))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Also accept the other class's layout and the weights the forward never reads.
@@ -487,7 +513,19 @@ class ContinuousAudioIO(AbsIO):
         return self.encoder
 
     def extra_repr(self) -> str:
-        return f"family={self.family.name}, tag={self.source.tag!r}, dtype={self.torch_dtype}"
+        return f"family={self.family.name}, returns={self.returns!r}, tag={self.source.tag!r}, dtype={self.torch_dtype}"
+
+
+def dummy_frames(rows: Callable[[int], Any]) -> int:
+    """Mel frames of ``dummy_forward``'s clip: :data:`DUMMY_FRAMES`, or the fewest that give one row under ``rows``.
+
+    >>> dummy_frames(lambda m: m // 2), dummy_frames(lambda m: (((m - 1) // 2 + 1) - 4) // 4 + 1)
+    (4, 7)
+    """
+    for frames in range(DUMMY_FRAMES, DUMMY_SEARCH_FRAMES + 1):
+        if int(rows(frames)) > 0:
+            return frames
+    raise ValueError(f"no clip of {DUMMY_FRAMES}..{DUMMY_SEARCH_FRAMES} mel frames gives a row: cannot build a dummy")
 
 
 def check_frontend(frontend: str, policy: AudioPolicy) -> str:

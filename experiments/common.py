@@ -63,6 +63,8 @@ def io_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "attn_implementation": cfg.attn.implementation,
         "max_duration_s": cfg.encoder.max_duration_s,
         "long_clip": cfg.encoder.long_clip,
+        "returns": cfg.encoder.returns,
+        "layers": None if cfg.encoder.layers is None else list(cfg.encoder.layers),
         "seed": cfg.seed,
     }
 

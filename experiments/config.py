@@ -17,6 +17,8 @@ class EncoderConf:
     weights: str = "random"  # random | pretrained
     long_clip: str = "raise"  # fixed-window families: raise | windows
     max_duration_s: float | None = None
+    returns: str | None = None  # encoder.returns=lm | tower | hidden_states (null: lm; whisper: tower)
+    layers: list[int] | None = None  # encoder.returns=hidden_states encoder.layers=[4,-1]: HF's hidden_states indices
 
 
 @dataclass

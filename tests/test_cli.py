@@ -52,3 +52,12 @@ def test_cards_lists_every_family(capsys) -> None:
     printed = capsys.readouterr().out
     for family in {*FAMILIES, *UNAVAILABLE}:
         assert f" {family} " in printed, family
+
+
+def test_encode_returns_hidden_states_of_the_layers_asked(tmp_path) -> None:
+    out, clip = tmp_path / "hidden.safetensors", SPEECH_DIR / "quick_brown_fox_16k.wav"
+    main(["encode", str(clip), "--tag", TINY_QWEN_OMNI, "--weights", "random", "--dtype", "fp32",
+          "--returns", "hidden_states", "--layers", "0", "-1", "--out", str(out)])  # fmt: skip
+    features = load_file(out)["quick_brown_fox_16k"]
+    frames = -(-soundfile.info(clip).frames // 160)
+    assert features.shape == (2, (frames - 1) // 2 + 1, 32)  # [layers, conv2's rows, d_model]

@@ -22,6 +22,8 @@ class Card:
     description: str
     encoder_config: dict[str, Any]
     feature_extractor: dict[str, Any]
+    model_config: dict[str, Any] | None = None  # the model's config.json minus the LM's weights-only details, for
+    # ``returns="lm"`` views that add the model's projector (its settings and the LM width); None where not needed
 
 
 @lru_cache(maxsize=1)

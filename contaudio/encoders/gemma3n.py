@@ -1,13 +1,14 @@
-"""Gemma 3n audio tower (``model.audio_tower.*`` of google/gemma-3n-E2B, -E2B-it, -E4B, -E4B-it).
+"""Gemma 3n audio tower (``model.audio_tower.*`` of google/gemma-3n-E2B, -E2B-it, -E4B, -E4B-it) and what the model
+feeds its LM from it (``returns="lm"``, :class:`Gemma3nLM`).
 
 A USM-style conformer over Gemma 3n's own log-mel (:mod:`contaudio.features.gemma3n`, 100 frames/s):
 the SSCP subsampler (two ``Conv2d`` with time stride 2 and *reverse-causal* time padding, each with a
-cumulative group norm over time, then a linear projection), a stack of conformer blocks (feed-forward,
+cumulative group norm over time, then a linear projection: 25 rows/s), a stack of conformer blocks (feed-forward,
 chunked local self-attention over 12 rows with 12 rows of left context and none to the right,
 a causal depthwise ``Conv1d``, feed-forward, RMSNorm), then every ``conf_reduction_factor``-th (4th)
-row: 25 rows/s of ``hidden_size`` (1536). ``Gemma3nModel.get_audio_features`` then passes the rows
+row: 6.25 rows/s (160 ms each) of ``hidden_size`` (1536). ``Gemma3nModel.get_audio_features`` then passes the rows
 through ``embed_audio`` (RMSNorm -> ``Linear(1536, LM width)`` -> RMSNorm), the LM's adaptor, whose
-weights live outside the tower (``model.embed_audio.*``) like Qwen2-Audio's projector.
+weights live outside the tower (``model.embed_audio.*``).
 
 Everything after the SSCP is causal, and the SSCP convs read 2 frames *past* each row (their time
 padding is ``(0, kernel - 1)``), so a row depends on the clip up to slightly after it. Alone, HF
@@ -19,37 +20,66 @@ HF's own padding is (``tests/encoders/test_gemma3n.py`` shows HF's batched call 
 
 Clip limit: ``Gemma3nProcessor`` truncates audio at 480,000 samples (30 s -> 2997 frames -> 188 rows)
 and reserves a FIXED ``audio_seq_length`` of 188 soft tokens per clip whatever its length; the model
-pads the encoder's rows up to 188 with the embedding of its last audio-vocabulary token (and fails on
-more). contaudio returns the clip's own valid rows (``ceil(M / 16)``, per the encoder's mask), the
-continuous-feature answer (a caller reproducing HF's prompt runs ``embed_audio`` on them and fills the
-rest of its 188 positions with ``embed_audio(input_ids=vocab_size - 1)``, as the model does). A longer
-clip raises (``long_clip="raise"``) or is encoded as consecutive 30 s pieces, each exactly as HF's
-processor and model handle a 30 s clip, rows concatenated (``long_clip="windows"``): never cut silently.
+pads the tower's rows up to 188 with the embedding of its last audio-vocabulary token and raises on an
+audio whose tower gives more than 188 rows (> 3008 frames, which its processor never passes). A longer clip
+raises (``long_clip="raise"``) or is encoded as consecutive 30 s pieces, each exactly as HF's processor and model
+handle a 30 s clip, rows concatenated (``long_clip="windows"``; in ``"lm"`` mode 188 soft tokens per piece, as
+a prompt holding each piece as its own audio gets): never cut silently.
 
-Returns: the audio tower's valid rows (``get_audio_features(...).last_hidden_state`` where the output
-``audio_mel_mask`` is False), 25 per second, ``hidden_size`` wide, before ``embed_audio``.
-Oracle: HF's extractor as ``Gemma3nProcessor`` calls it (on each 30 s piece), then
-``Gemma3nModel.get_audio_features`` on our tower with the processor's mask inverted as
-``Gemma3nModel.forward`` passes it, one audio per call, rows by the output ``audio_mel_mask``.
+Modes (``returns=``):
+
+* ``"lm"`` (:class:`Gemma3nLM`): the 188 soft tokens the model scatters into its LM's input for a clip alone:
+  ``embed_audio`` of the tower's valid rows, then the embedding of id ``text vocab_size - 1`` (the last
+  audio-vocabulary token) up to 188, ``LM width`` wide; ``find_length`` = 188 (per 30 s piece) = the
+  placeholders ``Gemma3nProcessor`` writes. Oracle: ``Gemma3nProcessor`` on the clip, then HF's own
+  ``Gemma3nModel.forward`` (where the padding lives, inline) on our modules, the rows it hands its LM at the
+  placeholders (:func:`hf_soft_tokens`).
+* ``"tower"``: the audio tower's valid rows (``get_audio_features(...).last_hidden_state`` where the output
+  ``audio_mel_mask`` is False), 6.25 per second, ``hidden_size`` wide, before ``embed_audio``.
+  Oracle: HF's extractor as ``Gemma3nProcessor`` calls it (on each 30 s piece), then
+  ``Gemma3nModel.get_audio_features`` on our tower with the processor's mask inverted as
+  ``Gemma3nModel.forward`` passes it, one audio per call, rows by the output ``audio_mel_mask``.
+* ``"hidden_states"``: the conformer's hidden states at 25 rows/s (``ceil(M / 4)`` per 30 s window): 0 = the
+  first block's input (the SSCP's output), ``i`` = block ``i``'s output (before the 4x reduction).
+  HF's ``output_hidden_states`` records none of them (its record table names the text decoder's layer class:
+  transformers 5.25 returns an empty tuple, 5.14 the final output alone), so the oracle runs HF's own forward
+  (``get_audio_features``) on each 30 s piece alone with forward hooks on HF's own SSCP and conformer blocks
+  (:func:`hf_conformer_states`).
+
+A clip of <= 512 samples gives the extractor no frame: contaudio gives it no row in every mode (``[0, D]``).
+HF has no answer for it: its processor writes 188 placeholders, and its model raises on the empty input
+(the SSCP conv refuses it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from functools import lru_cache, partial
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import BatchFeature, PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 from transformers.feature_extraction_utils import FeatureExtractionMixin
-from transformers.models.gemma3n.configuration_gemma3n import Gemma3nAudioConfig
-from transformers.models.gemma3n.modeling_gemma3n import Gemma3nAudioEncoder, Gemma3nModel
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.models.gemma3n.configuration_gemma3n import Gemma3nAudioConfig, Gemma3nConfig
+from transformers.models.gemma3n.modeling_gemma3n import (
+    Gemma3nAudioEncoder,
+    Gemma3nModel,
+    Gemma3nMultimodalEmbedder,
+    Gemma3nPreTrainedModel,
+)
+from transformers.models.gemma3n.processing_gemma3n import Gemma3nProcessor
 
 from contaudio.benchmark import FLOPS_PER_MAC
-from contaudio.encoders.oracle import OracleRows, ask_hf, select_rows
-from contaudio.encoders.packed import check_lengths, mel_chunks, to_device
+from contaudio.encoders.oracle import OracleRows, ask_hf, pick_hidden_states, select_rows
+from contaudio.encoders.packed import check_lengths, chunk_frames_per_clip, mel_chunks, to_device
+from contaudio.encoders.refusals import ExpectedRefusal
 from contaudio.encoders.registry import EncoderFamily, IntOrTensor, register
+from contaudio.encoders.tokenizers import tiny_tokenizer
 from contaudio.features.gemma3n import MAX_LENGTH, Gemma3nLogMel
 from contaudio.lengths import ceil_div, conv_out, windowed_rows
 
@@ -70,6 +100,19 @@ PADDING_SLACK = 0.25
 SHORT_PASS_FRAMES = 400
 
 
+def conformer_rows(mel_len: IntOrTensor) -> IntOrTensor:
+    """Rows the conformer blocks run on for one window of ``M <= 2997`` frames (the SSCP's output, 25 per second):
+    ``((M - 1) // 2 + 1 - 1) // 2 + 1 = ceil(M / 4)`` (0 for no frame); HF's mask marks exactly these valid.
+
+    >>> [conformer_rows(m) for m in (0, 1, 4, 5, 100, 2997)]
+    [0, 1, 1, 2, 25, 750]
+    """
+    rows = mel_len
+    for _ in range(CONV_LAYERS):
+        rows = conv_out(rows, CONV_TIME_STRIDE)
+    return rows
+
+
 def gemma3n_window_rows(mel_len: IntOrTensor) -> IntOrTensor:
     """Valid rows the Gemma 3n tower gives one clip of ``M <= 2997`` frames: ``ceil(M / 16)``.
 
@@ -80,10 +123,7 @@ def gemma3n_window_rows(mel_len: IntOrTensor) -> IntOrTensor:
     >>> [gemma3n_window_rows(m) for m in (0, 1, 16, 17, 32, 33, 100, 2997)]
     [0, 1, 1, 2, 2, 3, 7, 188]
     """
-    rows = mel_len
-    for _ in range(CONV_LAYERS):
-        rows = conv_out(rows, CONV_TIME_STRIDE)
-    return conv_out(rows, REDUCTION_FACTOR)
+    return conv_out(conformer_rows(mel_len), REDUCTION_FACTOR)
 
 
 def gemma3n_rows(mel_len: IntOrTensor) -> IntOrTensor:
@@ -99,6 +139,18 @@ def gemma3n_rows(mel_len: IntOrTensor) -> IntOrTensor:
     [0, 188, 189]
     """
     return windowed_rows(mel_len, gemma3n_window_rows, WINDOW_FRAMES)
+
+
+def gemma3n_hidden_rows(mel_len: IntOrTensor) -> IntOrTensor:
+    """Rows of each conformer hidden state for ``M`` mel frames: ``750 * (M // 2997) + ceil((M % 2997) / 4)``
+    (each 30 s piece alone, as :func:`gemma3n_rows`).
+
+    >>> [gemma3n_hidden_rows(m) for m in (0, 1, 2997, 2998, 5994)]
+    [0, 1, 750, 751, 1500]
+    >>> gemma3n_hidden_rows(torch.tensor([4, 5])).tolist()
+    [1, 2]
+    """
+    return windowed_rows(mel_len, conformer_rows, WINDOW_FRAMES)
 
 
 def check_geometry(encoder: PreTrainedModel) -> None:
@@ -148,6 +200,20 @@ def encode_windows(encoder: PreTrainedModel, mel: torch.Tensor, frames: torch.Te
     return select_rows(hidden[:, ::REDUCTION_FACTOR], gemma3n_window_rows(frames))
 
 
+def encode_hidden_states(
+    encoder: PreTrainedModel, mel: torch.Tensor, frames: torch.Tensor, layers: tuple[int, ...]
+) -> torch.Tensor:
+    """:func:`encode_windows` up to the deepest of ``layers``, keeping those hidden states (0: the SSCP's output,
+    ``i``: conformer block ``i``'s) at 25 rows/s: ``[len(layers), sum conv rows, hidden_size]``, the valid rows
+    window by window (the blocks are causal: rows past a window's end never reach a valid row)."""
+    hidden, conv_rows = subsample(encoder.subsample_conv_projection, mel, frames)
+    padding = ~valid_rows(hidden.shape[1], to_device(conv_rows, hidden.device))  # HF's mask: True = padding
+    kept = {0: hidden}
+    for index, block in enumerate(encoder.conformer[: max(layers)], start=1):
+        hidden = kept[index] = block(hidden, padding)
+    return torch.stack([select_rows(kept[layer], conv_rows) for layer in layers])
+
+
 def length_groups(frames: torch.Tensor) -> list[torch.Tensor]:
     """Window indices ``(K,)`` -> passes of similar length, longest first: a window joins the current pass while it
     is within :data:`PADDING_SLACK` of the pass's first (longest) window, or that one is <= :data:`SHORT_PASS_FRAMES`.
@@ -167,14 +233,22 @@ def length_groups(frames: torch.Tensor) -> list[torch.Tensor]:
     return [torch.tensor(group) for group in groups]
 
 
-def gemma3n_forward(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The Gemma 3n tower on a padded batch, each clip as HF gives it alone: ``[sum rows, hidden_size]``.
+WindowEncoder = Callable[[PreTrainedModel, torch.Tensor, torch.Tensor], torch.Tensor]
 
-    mel: ``[B, M_max, n_mels]``; lengths: ``(B,)`` valid frames (read on CPU). Each clip is cut into
-    its 30 s windows (2997 frames, see :func:`gemma3n_rows`); the windows run through
-    :func:`encode_windows` in zero-padded passes of similar length (:func:`length_groups`: one pass when
-    lengths are within 25 %; HF's own batched call pads every clip to the longest), and their rows are
-    returned clip by clip.
+
+def forward_windows(
+    encoder: PreTrainedModel,
+    mel: torch.Tensor,
+    lengths: torch.Tensor,
+    encode: WindowEncoder,
+    window_rows: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Each clip of a padded batch cut into its 30 s windows (2997 frames, see :func:`gemma3n_rows`), the windows
+    run through ``encode(encoder, mel [K, W, n_mels], frames [K]) -> [..., sum window_rows(frames), d]`` in
+    zero-padded passes of similar length (:func:`length_groups`: one pass when lengths are within 25 %; HF's own
+    batched call pads every clip to the longest), their rows returned clip by clip (along dim -2).
+
+    mel: ``[B, M_max, n_mels]``; lengths: ``(B,)`` valid frames (read on CPU).
     """
     lengths = check_lengths(mel, lengths)
     check_geometry(encoder)
@@ -183,10 +257,25 @@ def gemma3n_forward(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.
     for group in length_groups(frames):
         width = int(frames[group].max())
         chosen = windows.index_select(0, to_device(group, windows.device))[:, :, :width].transpose(1, 2)
-        flat = encode_windows(encoder, chosen, frames[group])
-        for index, piece in zip(group.tolist(), flat.split(gemma3n_window_rows(frames[group]).tolist()), strict=True):
+        flat = encode(encoder, chosen, frames[group])
+        pieces = flat.split(window_rows(frames[group]).tolist(), dim=-2)
+        for index, piece in zip(group.tolist(), pieces, strict=True):
             rows[index] = piece
-    return torch.cat(rows)
+    return torch.cat(rows, dim=-2)
+
+
+def gemma3n_forward(encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The Gemma 3n tower on a padded batch, each clip as HF gives it alone: ``[sum rows, hidden_size]``
+    (:func:`forward_windows` of :func:`encode_windows`)."""
+    return forward_windows(encoder, mel, lengths, encode_windows, gemma3n_window_rows)
+
+
+def gemma3n_hidden_forward(
+    encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor, layers: tuple[int, ...]
+) -> torch.Tensor:
+    """The conformer's hidden states ``layers`` on a padded batch, each clip as HF gives it alone:
+    ``[len(layers), sum hidden rows, hidden_size]`` (the blocks run only up to the deepest one)."""
+    return forward_windows(encoder, mel, lengths, partial(encode_hidden_states, layers=layers), conformer_rows)
 
 
 def setting(config: Mapping[str, Any] | Any, key: str) -> Any:
@@ -265,6 +354,36 @@ def hf_windows(features: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tens
     return windows.transpose(1, 2), window_frames
 
 
+def hf_conformer_states(encoder: PreTrainedModel, features: torch.Tensor, layers: tuple[int, ...]) -> torch.Tensor:
+    """HF's forward on one audio alone (``[1, F, n_mels]``, every frame valid, as the processor passes a clip of
+    <= 30 s) with forward hooks on HF's own modules: hidden state 0 is the output of ``subsample_conv_projection``
+    (the first block's input), ``i`` the output of ``conformer[i - 1]``; ``[len(layers), rows, hidden_size]``.
+
+    The run is ``Gemma3nModel.get_audio_features`` on our tower, as the model calls it. The rows are the ones HF's
+    mask, as HF hands it to its blocks, marks valid (all of them, alone); with no block (a tower trimmed to none)
+    every row of HF's SSCP output. HF's ``output_hidden_states`` cannot be the oracle: it records
+    layers of the text decoder's class, none of which the audio tower holds.
+    """
+    states: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+
+    def record_block(_module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        states.append(output)
+        masks.append(args[1])
+
+    hooks = [encoder.subsample_conv_projection.register_forward_hook(lambda _m, _a, output: states.append(output))]
+    hooks += [block.register_forward_hook(record_block) for block in encoder.conformer]
+    frames = features.shape[1]
+    try:
+        valid = valid_rows(frames, torch.tensor([frames], device=features.device))  # the processor's mask
+        Gemma3nModel.get_audio_features(Gemma3nTowerHost(encoder), features, ~valid)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    picked = pick_hidden_states(tuple(states), layers, len(encoder.conformer))[:, 0]  # [L, T, d]
+    return picked[:, ~masks[0][0]] if masks else picked
+
+
 @register
 class Gemma3n(EncoderFamily):
     name = "gemma3n"
@@ -275,8 +394,12 @@ class Gemma3n(EncoderFamily):
     default_features = GEMMA3N_FEATURES
     output_dim_key: ClassVar[str] = "hidden_size"
     window_frames: ClassVar[int | None] = WINDOW_FRAMES
+    num_layers_key: ClassVar[str] = "conf_num_hidden_layers"
+    hidden_dim_key: ClassVar[str] = "hidden_size"
+    layers_attr: ClassVar[str] = "conformer"
+    head_modules: ClassVar[tuple[str, ...]] = ()  # after the blocks: a 4x row reduction, no weights
     returns = (
-        "audio tower rows the encoder's mask marks valid (25 Hz, hidden_size wide, before embed_audio); "
+        "audio tower rows the encoder's mask marks valid (6.25 Hz, hidden_size wide, before embed_audio); "
         "not padded to the processor's fixed 188 soft tokens"
     )
     oracle_path = (
@@ -285,6 +408,15 @@ class Gemma3n(EncoderFamily):
         "rows where its audio_mel_mask is False"
     )
 
+    expected_refusals = (
+        ExpectedRefusal(
+            r"RuntimeError: Calculated padded input size per channel: .*Kernel size can't be greater than actual",
+            "HF's Gemma3nAudioFeatureExtractor gives a clip of <= frame_length (512) samples no frame, and the tower's "
+            "first conv cannot take an empty input; contaudio gives such a clip 0 rows",
+            frames=range(0, 1),
+        ),
+    )
+    min_oracle_share = 0.5  # the checks mix one 1-3 frame clip into each small batch
     rows = staticmethod(gemma3n_rows)
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -333,3 +465,313 @@ class Gemma3n(EncoderFamily):
 
     def oracle_from_mel(self, encoder: PreTrainedModel, mel: torch.Tensor) -> OracleRows:
         return ask_hf(lambda: self.hf_alone(encoder, mel[None].to(encoder.device, encoder.dtype), mel.shape[0]))
+
+    # ------------------------------------------------------------------------------- returns="hidden_states"
+    def hidden_rows(self, mel_len: IntOrTensor) -> IntOrTensor:
+        return gemma3n_hidden_rows(mel_len)
+
+    def hidden_forward(
+        self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor, layers: tuple[int, ...]
+    ) -> torch.Tensor:
+        return gemma3n_hidden_forward(encoder, mel, lengths, layers)
+
+    def hf_hidden_states(
+        self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor, layers: tuple[int, ...]
+    ) -> torch.Tensor:
+        """HF's forward on each clip's 30 s pieces, each alone (:func:`hf_conformer_states`): ``[len(layers), sum
+        rows, hidden_size]``. HF's ``output_hidden_states`` holds none of these states (see the module's notes)."""
+        check_geometry(encoder)
+        pieces = [
+            piece[None]
+            for clip, count in zip(input_features, frames.tolist(), strict=True)
+            for piece in (clip[:count].split(WINDOW_FRAMES) if count else (clip[:0],))
+        ]
+        return torch.cat([hf_conformer_states(encoder, piece, layers) for piece in pieces], dim=-2)
+
+
+# ------------------------------------------------------------------------------------------------ returns="lm"
+# Gemma3nProcessor's audio_seq_length default: the soft tokens it writes for every audio (= the model config's
+# audio_soft_tokens_per_image and the tower's rows for a whole 30 s window, 188)
+SOFT_TOKENS_PER_AUDIO: int = inspect.signature(Gemma3nProcessor.__init__).parameters["audio_seq_length"].default
+SOFT_TOKENS_KEY = "audio_soft_tokens_per_image"
+# The named special tokens Gemma3nProcessor reads from its tokenizer (the checkpoints' own strings)
+PROCESSOR_TOKENS = {
+    "boa_token": "<start_of_audio>",
+    "audio_token": "<audio_soft_token>",
+    "eoa_token": "<end_of_audio>",
+    "boi_token": "<start_of_image>",
+    "image_token": "<image_soft_token>",
+    "eoi_token": "<end_of_image>",
+}
+PADDING_ROWS_PER_AUDIO = 1  # HF embeds its padding token once per forward call, needed or not
+LM_WEIGHT_LAYOUTS: tuple[dict[str, str], ...] = (
+    {"model.audio_tower.": "audio_tower.", "model.embed_audio.": "embed_audio."},  # Gemma3nForConditionalGeneration
+    {"audio_tower.": "audio_tower.", "embed_audio.": "embed_audio."},  # a Gemma3nModel saved alone
+)
+
+
+def gemma3n_lm_rows(mel_len: IntOrTensor) -> IntOrTensor:
+    """Soft tokens the model feeds its LM for ``M`` mel frames: 188 per 30 s piece, ``188 * ceil(M / 2997)``.
+
+    A clip of <= 30 s is one audio: the processor writes 188 placeholders and the model fills them with
+    ``embed_audio`` of the tower's ``ceil(M / 16)`` rows, then its padding embedding. A longer clip
+    (``long_clip="windows"``) is one audio per 30 s piece. No frame (<= 512 samples): no row (HF raises).
+
+    >>> [gemma3n_lm_rows(m) for m in (0, 1, 2997, 2998, 5994)]
+    [0, 188, 188, 376, 376]
+    >>> gemma3n_lm_rows(torch.tensor([0, 16, 3000])).tolist()
+    [0, 188, 376]
+    """
+    return ceil_div(mel_len, WINDOW_FRAMES) * SOFT_TOKENS_PER_AUDIO
+
+
+class Gemma3nAudioModel(Gemma3nPreTrainedModel):
+    """The audio half of ``Gemma3nModel``: its ``audio_tower`` and ``embed_audio`` under the checkpoint's own names.
+
+    Built from the whole ``Gemma3nConfig`` (``embed_audio`` reads ``audio_config`` and the LM width
+    ``text_config.hidden_size``; the padding token is ``text_config.vocab_size - 1``); the LM and the vision
+    tower are never built.
+    """
+
+    def __init__(self, config: Gemma3nConfig) -> None:
+        super().__init__(config)
+        self.audio_tower = Gemma3nAudioEncoder(config.audio_config)
+        self.embed_audio = Gemma3nMultimodalEmbedder(config.audio_config, config.text_config)
+        self.post_init()
+
+
+def padding_embedding(module: PreTrainedModel) -> torch.Tensor:
+    """The embedding ``Gemma3nModel.forward`` fills an audio's unused soft tokens with: ``embed_audio`` of id
+    ``text vocab_size - 1`` (the last audio-vocabulary token), HF's own call: ``[D]``."""
+    device = module.embed_audio.embedding.weight.device
+    token = torch.tensor([[module.config.text_config.vocab_size - 1]], device=device)
+    return module.embed_audio(input_ids=token)[0, 0]
+
+
+def soft_token_slots(frames: torch.Tensor) -> torch.Tensor:
+    """Where each audio's tower rows go among its 188 soft tokens: ``frames (K,)`` of each audio -> ``(sum rows,)``
+    indices into the ``K * 188`` soft tokens (an audio's rows first, in order; the rest is padding).
+
+    >>> soft_token_slots(torch.tensor([16, 33])).tolist()
+    [0, 188, 189, 190]
+    """
+    audio = torch.repeat_interleave(torch.arange(len(frames)), gemma3n_window_rows(frames))
+    first = torch.nn.functional.pad(gemma3n_window_rows(frames).cumsum(0)[:-1], (1, 0))
+    return audio * SOFT_TOKENS_PER_AUDIO + torch.arange(len(audio)) - first[audio]
+
+
+def gemma3n_lm_forward(module: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """What the model feeds its LM for each clip of a padded batch, as for the clip alone: ``[sum lm rows, D]``.
+
+    The tower's rows (:func:`gemma3n_forward`), ``embed_audio`` on them (HF's module), then each audio (a clip,
+    or a 30 s piece of a longer one) filled up to 188 soft tokens with :func:`padding_embedding`.
+    """
+    lengths = check_lengths(mel, lengths)
+    soft = module.embed_audio(inputs_embeds=gemma3n_forward(module.audio_tower, mel, lengths))  # [N, D]
+    frames, _, _ = chunk_frames_per_clip(lengths, WINDOW_FRAMES)  # (K,) the frames of every audio
+    total = len(frames) * SOFT_TOKENS_PER_AUDIO
+    is_row = torch.zeros(total, dtype=torch.bool)
+    is_row[soft_token_slots(frames)] = True
+    source = torch.empty(total, dtype=torch.long)  # soft token -> row of [soft; padding]
+    source[is_row] = torch.arange(soft.shape[0])
+    source[~is_row] = soft.shape[0]
+    rows = torch.cat([soft, padding_embedding(module)[None].to(soft.dtype)])
+    return rows.index_select(0, to_device(source, rows.device))
+
+
+def gemma3n_lm_flops(config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
+    """Matmul FLOPs of ``returns="lm"`` over clips of ``lengths`` mel frames, each audio (30 s piece) as HF runs it
+    alone: the tower (:func:`gemma3n_flops`) and ``embed_audio``'s ``Linear(d, D)`` on its ``ceil(M / 16)`` rows and
+    on the one padding token HF embeds per call. ``config``: the model's (``audio_config``, ``text_config``)."""
+    audio, text = setting(config, "audio_config"), setting(config, "text_config")
+    d, width = int(setting(audio, "hidden_size")), int(setting(text, "hidden_size"))
+    frames, _, _ = chunk_frames_per_clip(torch.as_tensor(lengths), WINDOW_FRAMES)
+    projected = int(gemma3n_window_rows(frames).sum()) + PADDING_ROWS_PER_AUDIO * len(frames)
+    return gemma3n_flops(audio, lengths) + float(FLOPS_PER_MAC * projected * d * width)
+
+
+class PlaceholderEmbedding(nn.Module):
+    """Stands in for the LM's token embedding in :class:`Gemma3nModelHost`: a row of ones for the audio placeholder
+    id, zeros for any other id (HF finds the placeholders by comparing rows with the placeholder's)."""
+
+    def __init__(self, audio_token_id: int, width: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.audio_token_id, self.width, self.dtype = audio_token_id, width, dtype
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return (input_ids == self.audio_token_id)[..., None].to(self.dtype).expand(*input_ids.shape, self.width)
+
+
+class InputsEmbedsRecorder(nn.Module):
+    """Stands in for the LM in :class:`Gemma3nModelHost`: its output's ``last_hidden_state`` is the
+    ``inputs_embeds`` the model hands it (the audio soft tokens scattered in)."""
+
+    def forward(self, inputs_embeds: torch.Tensor, **_: Any) -> BaseModelOutputWithPast:
+        return BaseModelOutputWithPast(last_hidden_state=inputs_embeds)
+
+
+class Gemma3nModelHost(nn.Module):
+    """Runs HF's own ``Gemma3nModel.forward`` on our ``audio_tower`` and ``embed_audio`` without the LM.
+
+    The padding of each audio to its 188 soft tokens lives inline in that forward (no HF method does it alone),
+    so the oracle runs the forward itself, the smallest HF path that executes it. ``Gemma3nModel`` cannot be
+    built here: its vision tower needs timm, and its LM a 262,400-row vocabulary on the real cards. The host
+    holds what the forward reads: our modules, the model config, HF's own ``get_audio_features`` and
+    ``get_placeholder_mask``, and stand-ins for the text side (:class:`PlaceholderEmbedding`,
+    :class:`InputsEmbedsRecorder`) whose rows at the placeholders are never kept.
+    """
+
+    def __init__(self, module: PreTrainedModel) -> None:
+        super().__init__()
+        self.audio_tower, self.embed_audio, self.config = module.audio_tower, module.embed_audio, module.config
+        self.vocab_size = module.config.text_config.vocab_size  # as Gemma3nModel.__init__ sets it
+        self.language_model = InputsEmbedsRecorder()
+        width = module.config.text_config.hidden_size
+        self.embed_tokens = PlaceholderEmbedding(module.config.audio_token_id, width, module.dtype)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    # HF's own methods, looked up at each call (so that a patched transformers is the one judged)
+    def get_audio_features(self, *args: Any, **kwargs: Any) -> Any:
+        return Gemma3nModel.get_audio_features(self, *args, **kwargs)
+
+    def get_placeholder_mask(self, *args: Any, **kwargs: Any) -> Any:
+        return Gemma3nModel.get_placeholder_mask(self, *args, **kwargs)
+
+
+def hf_soft_tokens(
+    module: PreTrainedModel, input_features: torch.Tensor, features_mask: torch.Tensor, input_ids: torch.Tensor
+) -> torch.Tensor:
+    """HF's ``Gemma3nModel.forward`` (:class:`Gemma3nModelHost`) on audios ``[K, F, n_mels]`` with the processor's
+    ``input_features_mask [K, F]`` (True = valid) and a prompt ``input_ids [K, P]`` in the model's ids: the rows it
+    hands its LM at the audio placeholders, ``[placeholders, D]``. HF checks itself that the placeholders and its
+    padded audio rows agree in number."""
+    host = Gemma3nModelHost(module)
+    ids = input_ids.to(input_features.device)
+    out = Gemma3nModel.forward(
+        host,
+        inputs_embeds=host.get_input_embeddings()(ids),
+        input_features=input_features,
+        input_features_mask=features_mask.to(input_features.device).bool(),
+    )
+    return out.last_hidden_state[ids == module.config.audio_token_id]
+
+
+@lru_cache(maxsize=1)
+def gemma3n_tokenizer() -> PreTrainedTokenizerFast:
+    """A tiny tokenizer (:func:`~contaudio.encoders.tokenizers.tiny_tokenizer`) naming the special tokens
+    ``Gemma3nProcessor`` reads (``tokenizer.audio_token``, ``.boa_token``, ... and their ids)."""
+    tiny = tiny_tokenizer(list(PROCESSOR_TOKENS.values()))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tiny.backend_tokenizer,
+        unk_token=tiny.unk_token,
+        pad_token=tiny.pad_token,
+        extra_special_tokens=PROCESSOR_TOKENS,
+    )
+
+
+def gemma3n_processor(extractor: FeatureExtractionMixin) -> ProcessorMixin:
+    """``Gemma3nProcessor`` around the checkpoint's ``extractor`` and :func:`gemma3n_tokenizer`, its defaults
+    otherwise (``audio_seq_length=188``); its image processor (required, unused) is Siglip's PIL one."""
+    from transformers import SiglipImageProcessorPil  # PIL: only this oracle needs it
+
+    return Gemma3nProcessor(extractor, SiglipImageProcessorPil(), gemma3n_tokenizer())
+
+
+def processor_audios(processor: ProcessorMixin, wav: np.ndarray) -> list[tuple[BatchFeature, int]]:
+    """The processor on a prompt holding each audio the clip is given as, alone: its output and its placeholder count.
+
+    A clip of <= 30 s is one audio; a longer one one audio per 30 s piece (HF's processor would cut it at 30 s;
+    contaudio gives every piece its own audio), except a last piece too short for one frame of HF's extractor
+    (<= 512 samples past the last whole 30 s): it adds no frame to the clip, and HF's processor, given the clip,
+    cuts it off with its truncation.
+    """
+    audios = []
+    for index, piece in enumerate(np.split(wav, range(MAX_LENGTH, len(wav), MAX_LENGTH))):
+        out = processor(text=processor.audio_token, audio=piece, return_tensors="pt")
+        if index and not out["input_features_mask"].any():
+            continue
+        audios.append((out, int((out["input_ids"] == processor.audio_token_id).sum())))
+    return audios
+
+
+class Gemma3nLM(Gemma3n):
+    """``returns="lm"``: the soft tokens ``Gemma3nModel`` scatters into its LM's input for each clip alone (see the
+    module's notes): 188 per audio, ``text_config.hidden_size`` wide; the tower plus ``embed_audio`` are built and
+    loaded (``model.audio_tower.*``, ``model.embed_audio.*``), never the LM."""
+
+    mode = "lm"
+    weight_prefixes = LM_WEIGHT_LAYOUTS
+    encoder_class = Gemma3nAudioModel
+    config_class = Gemma3nConfig
+    returns = (
+        "the 188 soft tokens per clip (per 30 s piece) Gemma3nModel feeds its LM: embed_audio of the tower's valid "
+        "rows, then embed_audio(text vocab_size - 1) up to 188; LM width"
+    )
+    oracle_path = (
+        "Gemma3nProcessor (card's extractor, tiny tokenizer) on each 30 s piece -> Gemma3nModel.forward on our "
+        "audio_tower and embed_audio (LM stood in for), the inputs_embeds rows it hands its LM at the placeholders"
+    )
+
+    rows = staticmethod(gemma3n_lm_rows)
+
+    def module_config(self, encoder_config: dict[str, Any], model_config: dict[str, Any] | None) -> dict[str, Any]:
+        """The model config (its ``audio_config`` = ``encoder_config``; the vision config left out: never built)."""
+        if model_config is None:
+            raise ValueError(
+                "gemma3n: this card or checkpoint has no model_config: returns='lm' needs the model's config "
+                f"(text_config.hidden_size and vocab_size, {SOFT_TOKENS_KEY}, audio_token_id) for embed_audio and "
+                "its padding; add a 'model_config' to the card, or use returns='tower'"
+            )
+        soft_tokens = model_config.get(SOFT_TOKENS_KEY, Gemma3nConfig().audio_soft_tokens_per_image)
+        if soft_tokens != SOFT_TOKENS_PER_AUDIO:
+            raise ValueError(
+                f"gemma3n: the model config's {SOFT_TOKENS_KEY} is {soft_tokens}; contaudio's returns='lm' follows "
+                f"Gemma3nProcessor's default of {SOFT_TOKENS_PER_AUDIO} soft tokens per audio; use returns='tower'"
+            )
+        config = {key: value for key, value in model_config.items() if key not in ("audio_config", "vision_config")}
+        return {**config, "audio_config": dict(encoder_config)}
+
+    def output_dim(self, encoder_config: dict[str, Any]) -> int:
+        """The LM width ``embed_audio`` projects to (``text_config.hidden_size``) from the module's config."""
+        return int(self.config_class.from_dict(encoder_config).text_config.hidden_size)
+
+    def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return gemma3n_lm_forward(encoder, mel, lengths)
+
+    def flops(self, config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
+        return gemma3n_lm_flops(config, lengths)
+
+    def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """HF as a user runs a batch: every audio (a clip, or a 30 s piece) in ONE ``Gemma3nModel.forward`` with the
+        processor's mask and 188 placeholders each (:func:`hf_soft_tokens`): ``[188 K, D]``."""
+        check_geometry(encoder.audio_tower)
+        audios, audio_frames = hf_windows(input_features, frames)
+        valid = valid_rows(audios.shape[1], audio_frames.to(audios.device))
+        prompt = torch.full((audios.shape[0], SOFT_TOKENS_PER_AUDIO), encoder.config.audio_token_id)
+        return hf_soft_tokens(encoder, audios, valid, prompt)
+
+    def hf_placeholders(self, extractor: FeatureExtractionMixin, wav: np.ndarray) -> int:
+        """The audio placeholders ``Gemma3nProcessor`` writes for the clip (:func:`processor_audios`)."""
+        return sum(count for _, count in processor_audios(gemma3n_processor(extractor), wav))
+
+    def oracle(self, encoder: PreTrainedModel, extractor: FeatureExtractionMixin, wav: np.ndarray) -> OracleRows:
+        """``Gemma3nProcessor`` on each audio of the clip alone (:func:`processor_audios`), then HF's model path
+        (:meth:`hf_encode`) on its features and mask, one audio per call: the rows HF hands its LM at the 188
+        placeholders, and the number of placeholders the processor wrote (kept when HF's model raises; an error of
+        the processor itself is recorded like the model's)."""
+        audios: list[tuple[BatchFeature, int]] = []
+
+        def ask() -> torch.Tensor:
+            audios.extend(processor_audios(gemma3n_processor(extractor), wav))
+            rows = []
+            for out, _ in audios:
+                features = out["input_features"].to(encoder.device, encoder.dtype)
+                rows.append(self.hf_encode(encoder, features, out["input_features_mask"].sum(-1)))
+            return torch.cat(rows)
+
+        return replace(ask_hf(ask), placeholders=sum(count for _, count in audios) if audios else None)
+
+
+Gemma3n.lm_view = Gemma3nLM

@@ -26,14 +26,30 @@ each clip); the projector (HF's own module) runs once over every clip's windows.
 The tower takes any length (attention never spans more than one block, the projector one window), as
 HF's processor and model do; nothing is cut.
 
-Returns: ``get_audio_features(...).pooler_output`` rows of the clip alone (10 per second, LM width).
-Oracle: HF's ``GraniteSpeechFeatureExtractor`` on the clip alone (as ``GraniteSpeechProcessor`` calls it
-for one audio), ``GraniteSpeechModel.get_audio_features`` on our tower, rows by the processor's
-``_get_num_audio_features`` count.
+``returns=`` modes (a clip's rows, the same meaning for every family):
+
+- ``"lm"`` = ``"tower"`` (the tower's rows ARE what the LM receives): ``get_audio_features(...).pooler_output``
+  rows of the clip alone (10 per second, LM width); their number is the count of audio placeholders
+  ``GraniteSpeechProcessor`` writes into a prompt holding the clip alone (:func:`hf_placeholder_count`).
+  Oracle: HF's ``GraniteSpeechFeatureExtractor`` on the clip alone (as ``GraniteSpeechProcessor`` calls it for
+  one audio; on torchaudio, or where it is missing on contaudio's independently checked stand-in for
+  torchaudio's ``MelSpectrogram``, installed only for that call), ``GraniteSpeechModel.get_audio_features`` on
+  our tower, rows by the processor's ``_get_num_audio_features`` count; and ``GraniteSpeechProcessor`` itself
+  (a tiny tokenizer holding its audio token) for the placeholders.
+- ``"hidden_states"``: the conformer's rows, one per 20 ms frame, ``hidden_dim`` wide, of HF's
+  ``output_hidden_states`` entries (:class:`GraniteSpeechHiddenStates`). ``GraniteSpeechCTCEncoder`` records
+  them itself (``_can_record_outputs``: each ``GraniteSpeechConformerBlock``'s output, entry 0 the first
+  block's input, i.e. ``input_linear``'s output; transformers 5.14.1 and 5.25 alike). Entry
+  ``num_layers // 2`` holds the CTC head's softmax feedback: HF adds it in place (``+=``) to the very tensor
+  its hook recorded as that block's output, so the recorded entry is the block's output plus the feedback,
+  which is what the next block takes; contaudio follows HF. The projector (after the stack) is replaced by an
+  identity and the blocks past the deepest requested are dropped. Oracle: ``get_audio_features(...,
+  output_hidden_states=True)`` on the clip alone.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -45,7 +61,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.feature_extraction_utils import FeatureExtractionMixin
-from transformers.models.granite_speech.configuration_granite_speech import GraniteSpeechConfig
+from transformers.models.granite_speech.configuration_granite_speech import (
+    GraniteSpeechConfig,
+    GraniteSpeechEncoderConfig,
+)
 from transformers.models.granite_speech.feature_extraction_granite_speech import GraniteSpeechFeatureExtractor
 from transformers.models.granite_speech.modeling_granite_speech import (
     GraniteSpeechConformerAttention,
@@ -56,12 +75,15 @@ from transformers.models.granite_speech.modeling_granite_speech import (
     GraniteSpeechModel,
     GraniteSpeechPreTrainedModel,
 )
+from transformers.models.granite_speech.processing_granite_speech import GraniteSpeechProcessor
 
 from contaudio.benchmark import FLOPS_PER_MAC
-from contaudio.encoders.oracle import select_rows
+from contaudio.encoders.oracle import OracleRows, pick_hidden_states, select_rows
 from contaudio.encoders.packed import WindowLayout, check_lengths, chunk_frames_per_clip, to_device
-from contaudio.encoders.registry import EncoderFamily, IntOrTensor, register
+from contaudio.encoders.registry import EncoderFamily, HiddenStatesView, IntOrTensor, register
+from contaudio.encoders.tokenizers import tiny_tokenizer
 from contaudio.features.granite_speech import FRAMES_STACKED, GraniteSpeechFeatures
+from contaudio.features.torchaudio_mel import torchaudio_for_hf_granite_speech
 from contaudio.lengths import ceil_div
 
 PROJECTOR_WINDOW = 15  # window_size: encoder frames per projector window (0.3 s)
@@ -216,6 +238,40 @@ def conformer_block(layer: GraniteSpeechConformerBlock, hidden: torch.Tensor, la
     return layer.post_norm(hidden)
 
 
+def conformer_states(
+    tower: nn.Module, mel: torch.Tensor, lengths: torch.Tensor, states: tuple[int, ...]
+) -> tuple[PackedLayout, list[torch.Tensor]]:
+    """The conformer's hidden states ``states`` on a padded batch, each clip as HF encodes it alone: the batch's
+    :class:`PackedLayout` and, per entry of ``states``, the packed rows ``[N, hidden_dim]`` of every clip.
+
+    Entries as HF's ``output_hidden_states`` numbers them: 0 is ``input_linear``'s output (the first block's
+    input), ``i`` block ``i``'s output, the CTC head's softmax feedback included after block
+    ``num_layers // 2`` (HF records that block's output and then adds the feedback to it in place). Only the
+    blocks up to the deepest entry run. mel: ``[B, M_max, 160]``; lengths: ``(B,)`` valid frames (any device;
+    read on CPU); the padding of the batch is never read.
+    """
+    lengths = check_lengths(mel, lengths)
+    encoder = tower.encoder
+    depth = max(states)
+    if depth > len(encoder.layers):
+        raise ValueError(
+            f"Granite Speech hidden state {depth} needs {depth} conformer blocks, but this encoder holds "
+            f"{len(encoder.layers)} (built for returns='hidden_states' with shallower layers?)"
+        )
+    first = encoder.layers[0]
+    layout = PackedLayout.build(
+        lengths, mel.shape[1], first.attn.context_size, first.conv.depth_conv.padding, mel.device
+    )
+    hidden = encoder.input_linear(mel.flatten(0, 1).index_select(0, layout.gather))  # [N, d]
+    recorded = {0: hidden}
+    for index, layer in enumerate(encoder.layers[:depth], start=1):
+        hidden = conformer_block(layer, hidden, layout, encoder.attention_dists)
+        if index == encoder.num_layers // 2:  # self-conditioning: the CTC head's softmax fed back
+            hidden = hidden + encoder.out_mid(torch.softmax(encoder.out(hidden), dim=-1))
+        recorded[index] = hidden
+    return layout, [recorded[index] for index in states]
+
+
 def packed_forward(tower: nn.Module, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Granite Speech encoder + projector on a padded batch, each clip as HF encodes it alone: ``[sum rows, D]``.
 
@@ -223,18 +279,8 @@ def packed_forward(tower: nn.Module, mel: torch.Tensor, lengths: torch.Tensor) -
     the batch is never read. Returns the projector rows of every clip, clip after clip
     (:func:`granite_speech_rows` each).
     """
-    lengths = check_lengths(mel, lengths)
     check_projector(tower)
-    encoder = tower.encoder
-    first = encoder.layers[0]
-    layout = PackedLayout.build(
-        lengths, mel.shape[1], first.attn.context_size, first.conv.depth_conv.padding, mel.device
-    )
-    hidden = encoder.input_linear(mel.flatten(0, 1).index_select(0, layout.gather))  # [N, d]
-    for index, layer in enumerate(encoder.layers, start=1):
-        hidden = conformer_block(layer, hidden, layout, encoder.attention_dists)
-        if index == encoder.num_layers // 2:  # self-conditioning: the CTC head's softmax fed back
-            hidden = hidden + encoder.out_mid(torch.softmax(encoder.out(hidden), dim=-1))
+    layout, (hidden,) = conformer_states(tower, mel, lengths, (len(tower.encoder.layers),))
     windows = scatter_rows(hidden, layout.window_positions, layout.window_length)  # [P, d]
     return tower.projector(windows[None])[0]  # [sum rows, D]
 
@@ -300,6 +346,51 @@ def hf_processor_rows(tower: nn.Module, frames: torch.Tensor) -> torch.Tensor:
     return torch.tensor(GraniteSpeechFeatureExtractor._get_num_audio_features(counter, samples))
 
 
+def hf_processor(extractor: FeatureExtractionMixin) -> GraniteSpeechProcessor:
+    """``GraniteSpeechProcessor`` around the checkpoint's extractor and a tiny tokenizer holding the processor's own
+    default audio token (``<|audio|>``), named ``audio_token`` on the tokenizer as the hub's tokenizer names it."""
+    token = inspect.signature(GraniteSpeechProcessor).parameters["audio_token"].default
+    return GraniteSpeechProcessor(extractor, tiny_tokenizer([token], named={"audio_token": token}))
+
+
+def hf_placeholder_count(extractor: FeatureExtractionMixin, wav: np.ndarray) -> int:
+    """The audio placeholders ``GraniteSpeechProcessor`` writes into the prompt ``<|audio|>`` holding ``wav``
+    alone (its extractor's ``audio_embed_sizes``, expanded by the processor), counted in the prompt's token ids.
+
+    HF's extractor runs inside :func:`torchaudio_for_hf_granite_speech` (torchaudio, else the stand-in for this
+    call only); like the extractor, the processor refuses clips shorter than ``n_fft // 2 + 1`` samples."""
+    clip = torch.from_numpy(np.asarray(wav, dtype=np.float32))
+    with torchaudio_for_hf_granite_speech():
+        processor = hf_processor(extractor)
+        out = processor(text=processor.audio_token, audio=[clip])
+    return int((torch.as_tensor(out["input_ids"]) == processor.tokenizer.audio_token_id).sum())
+
+
+class GraniteSpeechHiddenStates(HiddenStatesView):
+    """:class:`~contaudio.encoders.registry.HiddenStatesView` of the Granite Speech tower, whose conformer sits one
+    level down (``encoder.layers`` of :class:`GraniteSpeechAudioTower`) and whose config nests the encoder's
+    (``encoder_config.hidden_dim``): the width read through HF's config class, the stack cut by its dotted path."""
+
+    def output_dim(self, encoder_config: dict[str, Any]) -> int:
+        """The conformer's width, ``encoder_config.hidden_dim`` (HF's default where the config leaves it out)."""
+        return int(encoder_settings(encoder_config).hidden_dim)
+
+    def trim(self, encoder: PreTrainedModel) -> None:
+        """Keep the conformer blocks up to the deepest requested (at least one: HF records hidden state 0, the
+        first block's input, from that block's hook); the projector (built and strictly loaded with the tower, as
+        every family's modules are) becomes an identity, so HF's ``get_audio_features`` hands the last kept
+        block's rows through unchanged and nothing of it is run or trained."""
+        blocks: nn.ModuleList = encoder.get_submodule(self.tower.layers_attr)
+        encoder.set_submodule(self.tower.layers_attr, blocks[: max(*self.layers, 1)])
+        for name in self.tower.head_modules:
+            encoder.set_submodule(name, nn.Identity())
+
+
+def encoder_settings(config: Mapping[str, Any]) -> GraniteSpeechEncoderConfig:
+    """The ``GraniteSpeechEncoderConfig`` inside a Granite Speech config dict (HF's defaults filled in)."""
+    return GraniteSpeechConfig(**_without_type(config)).encoder_config
+
+
 @register
 class GraniteSpeech(EncoderFamily):
     name = "granite_speech"
@@ -317,6 +408,11 @@ class GraniteSpeech(EncoderFamily):
         "GraniteSpeechModel.get_audio_features on our tower, rows by the processor's _get_num_audio_features"
     )
 
+    num_layers_key: ClassVar[str] = "num_layers"  # of encoder_config (nested: read by num_layers)
+    hidden_dim_key: ClassVar[str] = "hidden_dim"  # of encoder_config (nested: GraniteSpeechHiddenStates.output_dim)
+    layers_attr: ClassVar[str] = "encoder.layers"  # the conformer blocks inside GraniteSpeechAudioTower (dotted)
+    head_modules: ClassVar[tuple[str, ...]] = ("projector",)  # after the stack (the CTC feedback is inside it)
+
     rows = staticmethod(granite_speech_rows)
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -329,14 +425,66 @@ class GraniteSpeech(EncoderFamily):
         """The LM width the projector maps to (``text_config.hidden_size``)."""
         return int(GraniteSpeechConfig(**_without_type(encoder_config)).text_config.hidden_size)
 
+    def num_layers(self, encoder_config: dict[str, Any]) -> int:
+        """The conformer's block count, ``encoder_config.num_layers`` (HF's default where left out)."""
+        return int(encoder_settings(encoder_config).num_layers)
+
+    def view(
+        self, returns: str | None, layers: Sequence[int] | None = None, encoder_config: dict[str, Any] | None = None
+    ) -> EncoderFamily:
+        """``"lm"`` and ``"tower"``: the family itself; ``"hidden_states"``: :class:`GraniteSpeechHiddenStates`."""
+        view = super().view(returns, layers, encoder_config)
+        return GraniteSpeechHiddenStates(self, view.layers) if isinstance(view, HiddenStatesView) else view
+
+    def hidden_rows(self, mel_len: IntOrTensor) -> IntOrTensor:
+        """Every hidden state has one row per feature frame (20 ms): ``M``.
+
+        >>> GraniteSpeech().hidden_rows(7), GraniteSpeech().hidden_rows(torch.tensor([0, 3])).tolist()
+        (7, [0, 3])
+        """
+        return mel_len.clone() if isinstance(mel_len, torch.Tensor) else int(mel_len)
+
+    def hidden_forward(
+        self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor, layers: tuple[int, ...]
+    ) -> torch.Tensor:
+        """The packed conformer up to the deepest of ``layers`` (:func:`conformer_states`), each clip as HF encodes
+        it alone: ``[len(layers), sum M, hidden_dim]``."""
+        return torch.stack(conformer_states(encoder, mel, lengths, layers)[1])
+
+    def hf_hidden_states(
+        self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor, layers: tuple[int, ...]
+    ) -> torch.Tensor:
+        """``GraniteSpeechModel.get_audio_features(..., output_hidden_states=True)`` on the batch in one call (HF's
+        encoder records them: see the module docstring), entries ``layers``, each clip's first ``frames`` rows
+        (all of them for a clip alone): ``[len(layers), sum frames, hidden_dim]``."""
+        out = GraniteSpeechModel.get_audio_features(encoder, input_features, output_hidden_states=True)
+        states = pick_hidden_states(out.hidden_states, layers, len(encoder.encoder.layers))  # [L, B, F, d]
+        return torch.stack([select_rows(state, frames) for state in states])
+
+    def hf_placeholders(self, extractor: FeatureExtractionMixin, wav: np.ndarray) -> int:
+        """The audio placeholders ``GraniteSpeechProcessor`` writes for the clip alone (:func:`hf_placeholder_count`):
+        the tower's rows are the LM's, so every ``"lm"``/``"tower"`` answer carries them."""
+        return hf_placeholder_count(extractor, wav)
+
     def hf_layout(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """HF's model takes time-major ``[B, F, 160]`` features, as contaudio's batch already is."""
         return mel, lengths
 
     def hf_inputs(self, extractor: FeatureExtractionMixin, wav: np.ndarray) -> tuple[torch.Tensor, int]:
-        """``GraniteSpeechProcessor``'s extractor call for one audio: ``(input_features [1, F, 160], F)``."""
-        features = extractor([torch.from_numpy(np.asarray(wav, dtype=np.float32))], device="cpu")["input_features"]
+        """``GraniteSpeechProcessor``'s extractor call for one audio: ``(input_features [1, F, 160], F)``.
+
+        HF's extractor runs on torchaudio, or where torchaudio is missing on contaudio's stand-in for its
+        ``MelSpectrogram``, installed for this call only (:func:`torchaudio_for_hf_granite_speech`)."""
+        clip = torch.from_numpy(np.asarray(wav, dtype=np.float32))
+        with torchaudio_for_hf_granite_speech():
+            features = extractor([clip], device="cpu")["input_features"]
         return features, int(features.shape[1])
+
+    def oracle(self, *args: Any, **kwargs: Any) -> OracleRows:
+        """The registry's oracle with HF's Granite extractor runnable for all of it (the extractor call and any
+        processor call counting the prompt's placeholders): torchaudio, else the stand-in for this call only."""
+        with torchaudio_for_hf_granite_speech():
+            return super().oracle(*args, **kwargs)
 
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``GraniteSpeechModel.get_audio_features`` for the batch in one call, as HF runs a batch (bench's HF

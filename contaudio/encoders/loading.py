@@ -24,11 +24,15 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from safetensors import safe_open
 from transformers import PreTrainedModel
+from transformers.feature_extraction_utils import FeatureExtractionMixin
 from transformers.initialization import no_init_weights
+from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
+from transformers.utils import FEATURE_EXTRACTOR_NAME, PROCESSOR_NAME
 
 from contaudio.encoders.cards import all_cards, find_card
 from contaudio.encoders.registry import EncoderFamily, WeightLayout, family_for_model_type, get_family
 from contaudio.features import Featurizer, featurizer_from_dict
+from contaudio.features.base import EXTRACTOR_TYPE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,10 @@ RANDOM_MODES = ("random", "random_hf_init")
 RANDOM_BIAS_STD = 0.1
 RANDOM_NORM_STD = 0.2
 CONFIG_FILE = "config.json"
-FEATURES_FILE = "preprocessor_config.json"
+FEATURES_FILE = FEATURE_EXTRACTOR_NAME  # "preprocessor_config.json": the extractor's own file (transformers 4.x)
+PROCESSOR_FILE = PROCESSOR_NAME  # "processor_config.json": transformers 5.x processors nest the extractor in it
+NESTED_EXTRACTOR_KEYS = ("feature_extractor", "audio_processor")  # where PROCESSOR_FILE nests it (checked in order)
+REMOTE_CODE_KEY = "auto_map"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -119,6 +126,7 @@ class EncoderSource:
     encoder_config: dict[str, Any]
     features: Featurizer
     files: CheckpointFiles | None  # None: build from a card (random weights only)
+    model_config: dict[str, Any] | None = None  # the whole model's config.json (a card's model_config), for projectors
 
     def describe(self) -> str:
         return self.files.where() if self.files else f"shipped card {self.tag!r}"
@@ -138,7 +146,7 @@ def resolve(tag: str, weights: WeightsMode, revision: str | None = None, config_
     if card is not None and (weights in RANDOM_MODES or config_only):
         family = get_family(card.family)
         features = family.adapt_features(featurizer_from_dict(card.feature_extractor))
-        return EncoderSource(tag, family, card.encoder_config, features, None)
+        return EncoderSource(tag, family, card.encoder_config, features, None, card.model_config)
     if card is not None and card.hub_id is None:
         raise ValueError(f"card {tag!r} is a test card without weights; use weights='random' with it")
     repo_id = card.hub_id if card is not None else tag
@@ -155,14 +163,85 @@ def _from_files(tag: str, files: CheckpointFiles) -> EncoderSource:
     if "model_type" not in raw:
         raise ValueError(f"{files.where()}: config.json has no model_type; is it a transformers checkpoint?")
     family = family_for_model_type(raw["model_type"])
-    features_path = files.get(FEATURES_FILE, required=False)
-    if features_path is None:
-        log.warning("%s has no %s; using %s's default features", files.where(), FEATURES_FILE, family.name)
-        features = family.default_features
-    else:
-        features = featurizer_from_dict(json.loads(Path(features_path).read_text()))
-    features = family.adapt_features(features)
-    return EncoderSource(tag, family, family.encoder_config(raw), features, files)
+    features = family.adapt_features(read_features(files, raw, family))
+    return EncoderSource(tag, family, family.encoder_config(raw), features, files, raw)
+
+
+def read_features(files: CheckpointFiles, config: dict[str, Any], family: EncoderFamily) -> Featurizer:
+    """The checkpoint's featurizer, from the feature-extractor settings wherever ``AutoFeatureExtractor`` finds them.
+
+    transformers' own lookup (``FeatureExtractionMixin.get_feature_extractor_dict``) reads them: the
+    ``feature_extractor`` (or ``audio_processor``) entry of ``processor_config.json`` when there is one
+    (transformers 5.x processors save only that file), else ``preprocessor_config.json``. Both files come through
+    ``files`` (local directory, HF cache or hub), and transformers reads them from the folder they are in. With
+    neither file, the family's default features are used and a warning says so; a file that is there but cannot be
+    read, or settings contaudio cannot reproduce, are refused, naming the file and the key.
+    """
+    found = {name: path for name in (PROCESSOR_FILE, FEATURES_FILE) if (path := files.get(name, required=False))}
+    if not found:
+        log.warning(
+            "%s has neither %s nor %s; using %s's default features", files.where(), PROCESSOR_FILE, FEATURES_FILE,
+            family.name,
+        )  # fmt: skip
+        return family.default_features
+    folders = {str(Path(path).parent) for path in found.values()}
+    if len(folders) != 1:
+        raise WeightsNotFoundError(
+            f"{files.where()}: {' and '.join(found)} resolved to different folders ({sorted(folders)}), so they are "
+            "not one revision of the checkpoint; pass a local directory or a pinned revision"
+        )
+    try:
+        settings, _ = FeatureExtractionMixin.get_feature_extractor_dict(folders.pop(), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{files.where()}: transformers finds no feature-extractor settings in {' / '.join(found)} (it looks for "
+            f"the keys {' or '.join(map(repr, NESTED_EXTRACTOR_KEYS))} in {PROCESSOR_FILE}, else for {FEATURES_FILE}): "
+            f"{err}. Save the model's processor next to the weights (processor.save_pretrained(dir)), or add the "
+            f"extractor's {FEATURES_FILE} (feature_extractor.save_pretrained(dir))"
+        ) from err
+    where = f"{files.where()}: {settings_source(found, settings)}"
+    if not isinstance(settings, dict):
+        raise ValueError(f"{where} holds {type(settings).__name__}, not the extractor's settings (a JSON object)")
+    settings = with_extractor_type(settings, config, family, where)
+    try:
+        return featurizer_from_dict(settings)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"{where}: contaudio cannot reproduce these feature-extractor settings ({err}). Fix that setting there "
+            f"(or save the processor again with transformers' save_pretrained), or use a checkpoint whose "
+            f"{EXTRACTOR_TYPE_KEY} contaudio reproduces"
+        ) from err
+
+
+def settings_source(found: dict[str, str], settings: Any) -> str:
+    """Which file (and key) ``settings`` came from, for messages: a nested entry of ``processor_config.json``, else
+    ``preprocessor_config.json``."""
+    if PROCESSOR_FILE in found:
+        processor = json.loads(Path(found[PROCESSOR_FILE]).read_text())
+        for key in NESTED_EXTRACTOR_KEYS:
+            if key in processor and processor[key] == settings:
+                return f"{PROCESSOR_FILE} (key {key!r})"
+    return FEATURES_FILE
+
+
+def with_extractor_type(settings: dict[str, Any], config: dict[str, Any], family: EncoderFamily, where: str) -> dict:
+    """``settings`` with the extractor's type as ``AutoFeatureExtractor`` picks it: its own ``feature_extractor_type``,
+    else ``config.json``'s, else transformers' extractor for ``config.json``'s ``model_type``, else (a thinker or
+    encoder-only config, which transformers maps to none) the family's one extractor. Remote code is refused.
+
+    >>> from contaudio.encoders import get_family
+    >>> with_extractor_type({"feature_size": 80}, {"model_type": "gemma3n"}, get_family("gemma3n"), "here")
+    {'feature_size': 80, 'feature_extractor_type': 'Gemma3nAudioFeatureExtractor'}
+    """
+    if EXTRACTOR_TYPE_KEY in settings:
+        return settings
+    if REMOTE_CODE_KEY in settings:
+        raise ValueError(
+            f"{where} names no {EXTRACTOR_TYPE_KEY}, only remote code ({REMOTE_CODE_KEY}), which contaudio never "
+            f"runs; set {EXTRACTOR_TYPE_KEY} to the transformers extractor class it is"
+        )
+    kind = config.get(EXTRACTOR_TYPE_KEY) or FEATURE_EXTRACTOR_MAPPING_NAMES.get(config["model_type"])
+    return {**settings, EXTRACTOR_TYPE_KEY: kind or family.default_features.extractor_type}
 
 
 def weight_layout(layout: WeightLayout) -> dict[str, str]:
@@ -249,10 +328,15 @@ def build_encoder(
     dtype: torch.dtype,
     attn_implementation: str | None,
     seed: int = 0,
+    family: EncoderFamily | None = None,
 ) -> PreTrainedModel:
-    """Build the audio encoder on CPU: random (seeded, see :func:`perturb_init_`) or the checkpoint's weights."""
-    family = source.family
-    config = family.config_class.from_dict(source.encoder_config)
+    """Build the audio encoder on CPU: random (seeded, see :func:`perturb_init_`) or the checkpoint's weights.
+
+    ``family``: the mode's view of the source's family (:meth:`EncoderFamily.view`; default the family itself),
+    which says which module to build (the tower, or the tower and the model's projector) and which keys it reads.
+    """
+    family = family or source.family
+    config = family.config_class.from_dict(family.module_config(source.encoder_config, source.model_config))
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
@@ -269,6 +353,7 @@ def build_encoder(
         state = read_encoder_state(source.files, family, expected)
         state = {key: tensor.to(dtype) for key, tensor in state.items()}
         encoder.load_state_dict(state, strict=True, assign=True)
+    family.trim(encoder)
     return encoder.eval()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,14 +25,18 @@ class OracleRows:
 
     rows: torch.Tensor | None
     error: str | None = None
+    placeholders: int | None = None  # audio placeholder tokens HF's processor puts in a prompt for the clip (lm)
 
     @property
     def count(self) -> int | None:
-        """Rows HF returned (None when HF raised)."""
-        return None if self.rows is None else int(self.rows.shape[0])
+        """Rows HF returned (None when HF raised); a ``[L, T, D]`` answer (hidden states) has ``T`` rows."""
+        return None if self.rows is None else int(self.rows.shape[-2])
 
     def describe(self) -> str:
-        return f"HF raised {self.error}" if self.error else f"HF gave {self.count} rows"
+        if self.error:
+            return f"HF raised {self.error}"
+        counted = "" if self.placeholders is None else f", its processor {self.placeholders} placeholders"
+        return f"HF gave {self.count} rows{counted}"
 
 
 def ask_hf(compute: Callable[[], torch.Tensor]) -> OracleRows:
@@ -71,6 +75,56 @@ class ProjectorFreeHost(AudioTowerHost):
             self.config = config
 
 
+class ZeroEmbedding(nn.Module):
+    """Token embeddings that are all zeros: ``[B, L]`` ids -> ``[B, L, width]`` in ``dtype``."""
+
+    def __init__(self, width: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.width, self.dtype = width, dtype
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*input_ids.shape, self.width, dtype=self.dtype, device=input_ids.device)
+
+
+class EchoLanguageModel(nn.Module):
+    """A language model that returns the input embeddings it was given as its ``last_hidden_state``."""
+
+    def forward(self, inputs_embeds: torch.Tensor, **_: object) -> SimpleNamespace:
+        return SimpleNamespace(last_hidden_state=inputs_embeds, cache=None, past_key_values=None, hidden_states=None,
+                               attentions=None)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SpliceHostConfig:
+    """What a multimodal forward reads from ``self.config`` on the way to its language model."""
+
+    audio_token_id: int
+    return_dict: bool = True
+
+
+class LanguageModelHost(ProjectorFreeHost):
+    """Stands in for an HF multimodal model whose *forward* splices the audio tower's rows into the LM's input
+    embeddings at the prompt's audio placeholders (``Qwen2AudioModel.forward``, which has no ``get_audio_features``):
+    HF's forward then runs its own tower call, attention mask, row selection and count check on our tower.
+
+    Around the tower: an identity projector, all-zero token embeddings of the tower's width (``width``) and a
+    language model that echoes its input embeddings, so the forward's ``last_hidden_state`` holds, at the audio
+    placeholders, exactly the rows HF spliced in. ``padding_side`` / ``pad_token_id`` are what HF's legacy merge
+    (a prompt without two adjacent placeholders) reads.
+    """
+
+    padding_side = "left"  # HF's default for these models
+    pad_token_id = 0
+
+    def __init__(self, audio_tower: nn.Module, audio_token_id: int, width: int, dtype: torch.dtype) -> None:
+        super().__init__(audio_tower, SpliceHostConfig(audio_token_id))
+        self.language_model = EchoLanguageModel()
+        self.embed_tokens = ZeroEmbedding(width, dtype)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+
 def extract(extractor: WhisperFeatureExtractor, wav: np.ndarray, **kwargs: object) -> tuple[torch.Tensor, int]:
     """HF's extractor on one clip with the processor's ``kwargs``: ``(input_features [1, n_mels, F], frames)``."""
     out: BatchFeature = extractor(
@@ -105,6 +159,38 @@ def thinker_audio_rows(
     """
     mask = frame_mask(frames.to(input_features.device), input_features.shape[2])
     return get_audio_features(AudioTowerHost(encoder), input_features, mask).last_hidden_state
+
+
+def thinker_hidden_states(
+    get_audio_features: Callable[..., Any],
+    encoder: nn.Module,
+    input_features: torch.Tensor,
+    frames: torch.Tensor,
+    layers: tuple[int, ...],
+) -> torch.Tensor:
+    """:func:`thinker_audio_rows` with ``output_hidden_states=True``: the tower's ``hidden_states[i]`` for ``i`` in
+    ``layers``, as HF records them (``[rows, d]`` each, the clips' rows packed): ``[len(layers), rows, d]``."""
+    mask = frame_mask(frames.to(input_features.device), input_features.shape[2])
+    out = get_audio_features(AudioTowerHost(encoder), input_features, mask, output_hidden_states=True)
+    return pick_hidden_states(out.hidden_states, layers, len(encoder.layers))
+
+
+def pick_hidden_states(
+    hidden_states: tuple[torch.Tensor, ...], layers: tuple[int, ...], num_layers: int
+) -> torch.Tensor:
+    """HF's ``hidden_states`` tuple of a ``num_layers``-layer stack -> its ``layers`` entries, stacked: ``[L, ...]``.
+
+    HF's tuple holds ``num_layers + 1`` entries (0: the first layer's input); any other count raises, since the
+    indices would then name other layers.
+
+    >>> pick_hidden_states((torch.zeros(2, 1), torch.ones(2, 1)), (1,), 1).shape
+    torch.Size([1, 2, 1])
+    """
+    if len(hidden_states) != num_layers + 1:
+        raise ValueError(
+            f"HF returned {len(hidden_states)} hidden states for {num_layers} layers (expected {num_layers + 1})"
+        )
+    return torch.stack([hidden_states[i] for i in layers])
 
 
 def thinker_get_audio_features(modeling: ModuleType, prefix: str) -> Callable[..., Any]:

@@ -415,6 +415,24 @@ def run_windowed_stack(
     return out if index is None else out.index_select(0, to_device(torch.argsort(index), out.device))
 
 
+def windowed_hidden_states(
+    layers: nn.ModuleList,
+    hidden: torch.Tensor,
+    window_rows: torch.Tensor,
+    kernel: AttentionKernel,
+    wanted: tuple[int, ...],
+    layout: WindowLayout | None = None,
+) -> torch.Tensor:
+    """HF's ``output_hidden_states`` entries ``wanted`` of a windowed stack (0: its input ``hidden [N, d]``,
+    ``i``: layer ``i``'s output), running the layers only up to the deepest one: ``[len(wanted), N, d]``."""
+    states = {0: hidden}
+    done = 0
+    for stop in sorted(set(wanted) - {0}):
+        hidden = run_windowed_stack(layers[done:stop], hidden, window_rows, kernel, layout)
+        states[stop], done = hidden, stop
+    return torch.stack([states[index] for index in wanted])
+
+
 # ------------------------------------------------------------ chunking and pooling
 def chunk_frames_per_clip(lengths: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cut each clip into ``chunk_frames``-frame chunks (the last may be shorter).

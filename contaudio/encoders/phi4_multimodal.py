@@ -21,12 +21,23 @@ subsampling reads a shorter clip's padding frames (nothing re-masks between the 
 attend to the padding rows (the mask only lowers their logits by 1). :func:`packed_forward` gives
 every clip of a padded batch exactly its one-clip result, in one pass over the batch.
 
-Returns: the tower's rows for the clip alone (12.5 per second, ``hidden_size`` wide): what the speech
-projector (``up_proj_for_speech`` / GELU / ``down_proj_for_speech``, 3072 wide, owned by the LM with
-a second vision-speech variant) takes, and exactly the processor's ``audio_embed_sizes`` tokens.
-Oracle: ``Phi4MultimodalFeatureExtractor`` on the clip as the processor calls it for one audio, then the
-tower call of ``Phi4MultimodalAudioEmbedding.forward`` (no mask for one clip), rows by the extractor's
-``_compute_audio_embed_size``.
+Modes (``returns=``), every row for the clip alone, 12.5 per second:
+
+- ``"lm"`` (the default, :class:`Phi4MultimodalLM`): what ``Phi4MultimodalModel`` feeds its LM at the audio
+  tokens of a speech-only prompt: the tower's rows through ``Phi4MultimodalAudioEmbedding``'s speech projection
+  (``up_proj_for_speech``, GELU, ``down_proj_for_speech``: the LM's ``hidden_size``, 3072), one row per
+  placeholder ``Phi4MultimodalProcessor`` writes (``audio_embed_sizes``). A prompt with an image switches HF to
+  the vision-speech projection, which contaudio does not build. Built from the tower and the two speech
+  projections only (:class:`Phi4MultimodalSpeechEmbedding`); needs the model's config (a whole checkpoint, or a
+  card's ``model_config``). Oracle: ``Phi4MultimodalAudioEmbedding.forward`` itself on those weights (the model
+  has no ``get_audio_features``), placeholders from ``Phi4MultimodalProcessor`` on the clip alone.
+- ``"tower"``: the tower's rows (``hidden_size``, 1024), the speech projection's input. Oracle:
+  ``Phi4MultimodalFeatureExtractor`` on the clip as the processor calls it for one audio, then the tower call of
+  ``Phi4MultimodalAudioEmbedding.forward`` (no mask for one clip), rows by the extractor's
+  ``_compute_audio_embed_size``.
+- ``"hidden_states"``: the subsampled rows (0) and each conformer layer's output (``i``), ``hidden_size`` wide.
+  HF's tower records no hidden states (no ``output_hidden_states``), so the oracle reads them with forward
+  hooks on HF's own modules while HF's own forward runs (:func:`hf_hidden_states`).
 
 Long audio: neither the processor (no truncation) nor the tower (40 s blocks) has a limit; the LM's
 128K-token context is the bound (~2.9 h at 12.5 rows per second). Any length is encoded, never cut.
@@ -43,12 +54,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Phi4MultimodalFeatureExtractor, PreTrainedModel
+from transformers import (
+    Phi4MultimodalFeatureExtractor,
+    Phi4MultimodalProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 from transformers.feature_extraction_utils import FeatureExtractionMixin
-from transformers.models.phi4_multimodal.configuration_phi4_multimodal import Phi4MultimodalAudioConfig
-from transformers.models.phi4_multimodal.modeling_phi4_multimodal import Phi4MultimodalAudioModel
+from transformers.image_processing_utils import ImageProcessingMixin
+from transformers.models.phi4_multimodal.configuration_phi4_multimodal import (
+    Phi4MultimodalAudioConfig,
+    Phi4MultimodalConfig,
+)
+from transformers.models.phi4_multimodal.modeling_phi4_multimodal import (
+    Phi4MultimodalAudioEmbedding,
+    Phi4MultimodalAudioModel,
+    Phi4MultimodalPreTrainedModel,
+)
 
 from contaudio.benchmark import FLOPS_PER_MAC, QKV_OUT_PROJECTIONS, attention_macs, config_value
+from contaudio.encoders.oracle import pick_hidden_states
 from contaudio.encoders.packed import (
     EAGER_IMPLEMENTATION,
     WindowLayout,
@@ -58,8 +83,10 @@ from contaudio.encoders.packed import (
     sort_windows,
     to_device,
 )
+from contaudio.encoders.refusals import ExpectedRefusal
 from contaudio.encoders.registry import EncoderFamily, IntOrTensor, register
-from contaudio.features.phi4_multimodal import TOKEN_RATE, Phi4MultimodalFeatures
+from contaudio.encoders.tokenizers import tiny_tokenizer
+from contaudio.features.phi4_multimodal import TOKEN_DOWNSAMPLE, TOKEN_RATE, Phi4MultimodalFeatures
 from contaudio.lengths import ceil_div, conv_out
 
 BLOCK_ROWS = 500  # HF's max_seq_len: the layers run on blocks of 500 rows (40 s), the last zero-padded to 500
@@ -340,8 +367,12 @@ def conformer_layer(
     return layer.layer_norm(hidden)
 
 
-def run_blocks(encoder: nn.Module, hidden: torch.Tensor, block_rows: torch.Tensor) -> torch.Tensor:
-    """The conformer layers on packed rows ``[N, D]`` cut into blocks ``(num_blocks,)`` (CPU), each block alone.
+def stack_states(
+    encoder: nn.Module, hidden: torch.Tensor, block_rows: torch.Tensor, states: tuple[int, ...]
+) -> list[torch.Tensor]:
+    """The conformer layers on packed rows ``[N, D]`` cut into blocks ``(num_blocks,)`` (CPU), each block alone:
+    the hidden states ``states`` (0: the layers' input, ``i``: layer ``i``'s output), ``[N, D]`` each, the layers
+    run only up to the deepest one asked for.
 
     Blocks are put in length order (everything but attention and the conv is row-wise), so attention
     is one call per distinct block length (CPU) or per grid of similar lengths (CUDA, :func:`attention_kernel`);
@@ -351,15 +382,28 @@ def run_blocks(encoder: nn.Module, hidden: torch.Tensor, block_rows: torch.Tenso
     if len(block_rows.unique()) > 1:
         block_rows, index = sort_windows(block_rows)
         hidden = hidden.index_select(0, to_device(index, hidden.device))
-    gapped = GappedRows.from_block_rows(block_rows, encoder.config.kernel_size - 1, hidden.device)
-    longest = int(block_rows.max())
-    # HF adds its boolean mask (all True: nothing is masked) to the bias: + 1, rounded in the weights' dtype
-    bias = encoder.relative_attention_bias_layer(hidden.new_empty(1, longest, 0)) + 1
-    kernel = attention_kernel(encoder.config, hidden.device)
-    calls = attention_calls(block_rows, bias, kernel)
-    for layer in encoder.encoders:
-        hidden = conformer_layer(layer, hidden, calls, gapped, kernel)
-    return hidden if index is None else hidden.index_select(0, to_device(torch.argsort(index), hidden.device))
+    recorded = {0: hidden}
+    deepest = max(states)
+    if deepest > 0:
+        gapped = GappedRows.from_block_rows(block_rows, encoder.config.kernel_size - 1, hidden.device)
+        longest = int(block_rows.max())
+        # HF adds its boolean mask (all True: nothing is masked) to the bias: + 1, rounded in the weights' dtype
+        bias = encoder.relative_attention_bias_layer(hidden.new_empty(1, longest, 0)) + 1
+        kernel = attention_kernel(encoder.config, hidden.device)
+        calls = attention_calls(block_rows, bias, kernel)
+        for depth, layer in enumerate(encoder.encoders[:deepest], start=1):
+            hidden = conformer_layer(layer, hidden, calls, gapped, kernel)
+            recorded[depth] = hidden
+    picked = [recorded[state] for state in states]
+    if index is None:
+        return picked
+    unsort = to_device(torch.argsort(index), hidden.device)
+    return [state.index_select(0, unsort) for state in picked]
+
+
+def run_blocks(encoder: nn.Module, hidden: torch.Tensor, block_rows: torch.Tensor) -> torch.Tensor:
+    """Every conformer layer on packed rows ``[N, D]`` in blocks ``(num_blocks,)`` (:func:`stack_states`)."""
+    return stack_states(encoder, hidden, block_rows, (len(encoder.encoders),))[0]
 
 
 def packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -370,11 +414,19 @@ def packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor)
     (:func:`subsample`); then the layers run ONCE over the packed rows of the whole batch, in 500-row
     blocks, long clips padded to whole blocks with zero rows as HF pads them (:class:`BlockLayout`).
     """
+    return packed_states(encoder, mel, lengths, (len(encoder.encoders),))[0]
+
+
+def packed_states(
+    encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor, states: tuple[int, ...]
+) -> list[torch.Tensor]:
+    """:func:`packed_forward` keeping the hidden states ``states`` (0: the subsampled rows the layers take, ``i``:
+    layer ``i``'s output), the layers run only up to the deepest: ``[sum rows, D]`` each."""
     lengths = check_lengths(mel, lengths)
     check_config(encoder.config)
     layout = BlockLayout.from_rows(phi4_multimodal_rows(lengths), mel.device)
     hidden = embed_rows(encoder, mel, lengths, layout)
-    return run_blocks(encoder, hidden, layout.block_rows).index_select(0, layout.keep)
+    return [state.index_select(0, layout.keep) for state in stack_states(encoder, hidden, layout.block_rows, states)]
 
 
 def phi4_multimodal_flops(config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
@@ -408,11 +460,76 @@ def phi4_multimodal_flops(config: Mapping[str, Any] | Any, lengths: Sequence[int
     return float(FLOPS_PER_MAC * macs)
 
 
+def phi4_multimodal_lm_rows(mel_len: IntOrTensor) -> IntOrTensor:
+    """Audio placeholder tokens ``Phi4MultimodalProcessor`` writes for a clip of ``M`` mel frames, one per row the
+    model puts there: its extractor's ``audio_embed_sizes = ceil(ceil(M / 8) / audio_downsample_rate)`` with
+    ``audio_downsample_rate`` 1, i.e. the tower's ``ceil(M / 8)`` rows, each through the speech projection.
+
+    >>> [phi4_multimodal_lm_rows(m) for m in (0, 1, 8, 9, 800, 4001)]
+    [0, 1, 1, 2, 100, 501]
+    """
+    return ceil_div(phi4_multimodal_rows(mel_len), TOKEN_DOWNSAMPLE)
+
+
+def speech_projection(module: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """``Phi4MultimodalAudioEmbedding``'s speech projection of tower rows ``[N, d_audio]`` -> ``[N, hidden_size]``:
+    ``up_proj_for_speech``, exact GELU, ``down_proj_for_speech``, then the module's dropout (``embd_pdrop``, which
+    HF applies to the merged embeddings; 0 in the released checkpoint)."""
+    return module.drop(module.down_proj_for_speech(F.gelu(module.up_proj_for_speech(rows))))
+
+
+def phi4_multimodal_lm_flops(config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
+    """Matmul FLOPs of the tower (:func:`phi4_multimodal_flops` on ``audio_config``) plus the speech projection of
+    each clip's ``ceil(M / 8)`` rows: ``d_audio x H`` (up) and ``H x H`` (down), ``H`` the LM's ``hidden_size``."""
+    audio = config["audio_config"] if isinstance(config, Mapping) else config.audio_config
+    width, d_audio = config_value(config, "hidden_size"), config_value(audio, "hidden_size")
+    rows = sum(phi4_multimodal_lm_rows(int(m)) for m in torch.as_tensor(lengths).tolist())
+    return phi4_multimodal_flops(audio, lengths) + FLOPS_PER_MAC * rows * (d_audio * width + width * width)
+
+
 @lru_cache(maxsize=1)
 def hf_token_counter() -> Phi4MultimodalFeatureExtractor:
     """HF's extractor with its defaults (the rates :class:`Phi4MultimodalFeatures` accepts): its
-    ``_compute_audio_embed_size`` is HF's own count of a clip's audio tokens."""
+    ``_compute_audio_embed_size`` is HF's own count of a clip's audio tokens (what its ``__call__`` returns as
+    ``audio_embed_sizes``, from which the processor writes the placeholders)."""
     return Phi4MultimodalFeatureExtractor()
+
+
+def hf_tower_call(encoder: nn.Module, input_features: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """The tower call of ``Phi4MultimodalAudioEmbedding.forward`` with the processor's mask (none for one clip):
+    ``[B, F, n_mels]``, valid frames ``[B]`` -> its output ``[B, ceil(F / 8), D]`` and each clip's
+    ``audio_embed_sizes`` (the rows that method keeps)."""
+    check_config(encoder.config)
+    frames = frames.to(input_features.device)
+    steps = torch.arange(input_features.shape[1], device=input_features.device)
+    mask = None if len(frames) == 1 else steps < frames[:, None]
+    return encoder(input_features, mask), hf_token_counter()._compute_audio_embed_size(frames).tolist()
+
+
+def hf_hidden_states(
+    encoder: nn.Module, input_features: torch.Tensor, frames: torch.Tensor, layers: tuple[int, ...]
+) -> torch.Tensor:
+    """HF's tower call (:func:`hf_tower_call`) recording its hidden states: ``[len(layers), sum rows, D]``.
+
+    ``Phi4MultimodalAudioModel`` records none (its forward returns a tensor; no ``output_hidden_states``, no
+    ``_can_record_outputs``, in transformers 5.25 as in 5.14.1), so forward hooks on HF's own modules read them
+    while HF's own forward runs: hidden state 0 is the subsampling's output (``embed``: the rows the first layer
+    takes, before HF cuts a long clip into 500-row blocks), hidden state ``i`` layer ``i``'s output, its blocks put
+    back in a row and cut to the clip's rows as HF does with the last layer's output.
+    """
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [encoder.embed.register_forward_hook(lambda _m, _a, out: captured.__setitem__(0, out[0]))]
+    for depth, layer in enumerate(encoder.encoders, start=1):
+        hooks.append(layer.register_forward_hook(lambda _m, _a, out, depth=depth: captured.__setitem__(depth, out)))
+    try:
+        _, sizes = hf_tower_call(encoder, input_features, frames)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    batch, rows, width = captured[0].shape
+    states = tuple(captured[i].reshape(batch, -1, width)[:, :rows] for i in range(len(captured)))
+    picked = pick_hidden_states(states, layers, len(encoder.encoders))  # [L, B, rows, D]
+    return torch.cat([picked[:, i, :size] for i, size in enumerate(sizes)], dim=1)
 
 
 @register
@@ -440,7 +557,20 @@ class Phi4Multimodal(EncoderFamily):
         "Phi4MultimodalFeatureExtractor (one audio, as the processor sends it), then the tower call of "
         "Phi4MultimodalAudioEmbedding.forward (no mask for one clip), rows by _compute_audio_embed_size"
     )
+    num_layers_key: ClassVar[str] = "num_blocks"
+    hidden_dim_key: ClassVar[str] = "hidden_size"
+    layers_attr: ClassVar[str] = "encoders"
+    head_modules: ClassVar[tuple[str, ...]] = ()  # the last conformer layer's output is the tower's
 
+    expected_refusals = (
+        ExpectedRefusal(
+            r"RuntimeError: maximum size for tensor at dimension 1 is \d+ but size is \d+",
+            "HF's Phi4MultimodalFeatureExtractor unfolds the clip into n_fft (400)-sample windows and raises for a "
+            "clip shorter than one (0 frames); contaudio gives such a clip 0 rows",
+            frames=range(0, 1),
+        ),
+    )
+    min_oracle_share = 0.5  # the checks mix one 1-3 frame clip into each small batch
     rows = staticmethod(phi4_multimodal_rows)
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -462,10 +592,180 @@ class Phi4Multimodal(EncoderFamily):
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """The tower call of ``Phi4MultimodalAudioEmbedding.forward``, with the processor's mask (none for one
         clip), each clip's first ``audio_embed_sizes`` rows as that method keeps them."""
-        check_config(encoder.config)
-        frames = frames.to(input_features.device)
-        steps = torch.arange(input_features.shape[1], device=input_features.device)
-        mask = None if len(frames) == 1 else steps < frames[:, None]
-        hidden = encoder(input_features, mask)  # [B, ceil(F / 8), D]
-        sizes = hf_token_counter()._compute_audio_embed_size(frames)
-        return torch.cat([hidden[i, : sizes[i]] for i in range(len(sizes))])
+        hidden, sizes = hf_tower_call(encoder, input_features, frames)  # [B, ceil(F / 8), D]
+        return torch.cat([hidden[i, :size] for i, size in enumerate(sizes)])
+
+    def hidden_rows(self, mel_len: IntOrTensor) -> IntOrTensor:
+        """Every hidden state has the tower's ``ceil(M / 8)`` rows (the layers keep the subsampled length)."""
+        return phi4_multimodal_rows(mel_len)
+
+    def hidden_forward(
+        self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor, layers: tuple[int, ...]
+    ) -> torch.Tensor:
+        return torch.stack(packed_states(encoder, mel, lengths, layers))
+
+    def hf_hidden_states(
+        self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor, layers: tuple[int, ...]
+    ) -> torch.Tensor:
+        return hf_hidden_states(encoder, input_features, frames, layers)
+
+
+# ------------------------------------------------------------------------------------------------ returns="lm"
+LM_MODEL_TYPE = "phi4_multimodal"  # the whole model's config.json model_type (the tower's: phi4_multimodal_audio)
+# the audio embedding's parts the speech path reads, under the checkpoint's names (up/down_proj_for_vision_speech,
+# used with an image in the prompt, are never read)
+SPEECH_PARTS = ("encoder.", "up_proj_for_speech.", "down_proj_for_speech.")
+AUDIO_EMBED_PREFIXES = (
+    "model.embed_tokens_extend.audio_embed.",  # Phi4MultimodalForCausalLM (the hub's transformers-format layout)
+    "embed_tokens_extend.audio_embed.",  # a Phi4MultimodalModel saved alone
+)
+SPEECH_MODE = "speech"  # audio_projection_mode of a prompt without an image
+IMAGE_TOKEN = "<|endoftext10|>"  # the converted tokenizer's image_token (convert_phi4_multimodal_weights_to_hf.py)
+AUDIO_TOKEN = "<|endoftext11|>"  # its audio_token (id 200011 in the real vocabulary, the config's audio_token_id)
+PROMPT_TEXT_ID = 0  # a text token around the audio in the oracle's prompt (any id but audio_token_id)
+
+
+class Phi4MultimodalSpeechEmbedding(Phi4MultimodalPreTrainedModel):
+    """The speech half of ``Phi4MultimodalAudioEmbedding`` (``model.embed_tokens_extend.audio_embed``), under the
+    checkpoint's own names: the tower ``encoder``, ``up_proj_for_speech``, ``down_proj_for_speech`` and the dropout
+    ``drop``, built as HF's ``__init__`` builds them from the whole ``Phi4MultimodalConfig``. The vision-speech
+    projections (for prompts holding an image) and the language model are never built.
+
+    It holds every attribute ``Phi4MultimodalAudioEmbedding.forward`` reads on the speech path, so HF's own
+    method runs on it as it is (the oracle).
+    """
+
+    def __init__(self, config: Phi4MultimodalConfig) -> None:
+        super().__init__(config)
+        audio = config.audio_config
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.encoder = Phi4MultimodalAudioModel._from_config(audio)
+        self.up_proj_for_speech = nn.Linear(audio.hidden_size * audio.downsample_rate, config.hidden_size)
+        self.down_proj_for_speech = nn.Linear(config.hidden_size, config.hidden_size)
+        self.post_init()
+
+
+def check_speech_config(module: nn.Module) -> None:
+    """HF's speech path feeds the tower's ``hidden_size`` rows to ``up_proj_for_speech``, which takes
+    ``hidden_size * downsample_rate``: only ``downsample_rate`` 1 runs (every released checkpoint)."""
+    audio = module.config.audio_config
+    if audio.downsample_rate != TOKEN_DOWNSAMPLE:
+        raise ValueError(
+            f"Phi-4-multimodal audio_config.downsample_rate={audio.downsample_rate}: HF's speech projection then "
+            f"expects {audio.hidden_size * audio.downsample_rate}-wide rows but the tower gives {audio.hidden_size}; "
+            f"contaudio supports downsample_rate={TOKEN_DOWNSAMPLE}, as microsoft/Phi-4-multimodal-instruct"
+        )
+    check_config(module.encoder.config)
+
+
+def named_tokenizer() -> PreTrainedTokenizerFast:
+    """A :func:`~contaudio.encoders.tokenizers.tiny_tokenizer` that also names its ``image_token`` and
+    ``audio_token``, as the converted checkpoint's tokenizer does (``Phi4MultimodalProcessor`` reads both)."""
+    tiny = tiny_tokenizer([IMAGE_TOKEN, AUDIO_TOKEN])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tiny.backend_tokenizer,
+        unk_token=tiny.unk_token,
+        pad_token=tiny.pad_token,
+        extra_special_tokens={"image_token": IMAGE_TOKEN, "audio_token": AUDIO_TOKEN},
+    )
+
+
+def hf_processor(extractor: FeatureExtractionMixin) -> Phi4MultimodalProcessor:
+    """``Phi4MultimodalProcessor`` around the checkpoint's extractor and :func:`named_tokenizer`.
+
+    Its image processor (``Phi4MultimodalImageProcessor`` needs torchvision in transformers 5.x) is a bare
+    ``ImageProcessingMixin``: the processor checks its type only, and a prompt without an image never calls it.
+    """
+    return Phi4MultimodalProcessor(ImageProcessingMixin(), extractor, named_tokenizer())
+
+
+def hf_placeholder_count(extractor: FeatureExtractionMixin, wav: np.ndarray) -> int:
+    """The audio tokens ``Phi4MultimodalProcessor`` puts in the prompt ``<|endoftext11|>`` holding ``wav`` alone."""
+    processor = hf_processor(extractor)
+    out = processor(text=processor.audio_token, audio=[wav], sampling_rate=extractor.sampling_rate)
+    return int((torch.as_tensor(out["input_ids"]) == processor.audio_token_id).sum())
+
+
+def hf_speech_embeds(module: nn.Module, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``Phi4MultimodalAudioEmbedding.forward`` (speech mode) on ``module``: what ``Phi4MultimodalModel`` feeds its
+    LM at the audio tokens of a speech-only prompt, ``[sum rows, hidden_size]``.
+
+    The prompt is one text token, then each clip's ``audio_embed_sizes`` audio tokens (the config's
+    ``audio_token_id``), then one text token; ``inputs_embeds`` are zeros. HF's method runs the tower with the
+    processor's mask (none for one clip), projects, keeps each clip's ``audio_embed_sizes`` rows and writes them at
+    the audio tokens (``index_put``, which raises when the rows and the tokens differ in number); the rows at the
+    audio tokens are returned.
+    """
+    check_speech_config(module)
+    frames = frames.to(input_features.device)
+    sizes = hf_token_counter()._compute_audio_embed_size(frames)
+    audio_id = module.config.audio_config.audio_token_id
+    tokens = torch.full((int(sizes.sum()),), audio_id)
+    input_ids = F.pad(tokens, (1, 1), value=PROMPT_TEXT_ID)[None].to(input_features.device)
+    inputs_embeds = input_features.new_zeros(*input_ids.shape, module.config.hidden_size)
+    steps = torch.arange(input_features.shape[1], device=input_features.device)
+    mask = None if len(frames) == 1 else steps < frames[:, None]
+    embeds = Phi4MultimodalAudioEmbedding.forward(
+        module, input_ids, inputs_embeds, input_features, audio_embed_sizes=sizes, audio_attention_mask=mask,
+        audio_projection_mode=SPEECH_MODE,
+    )  # fmt: skip
+    return embeds[input_ids == audio_id]
+
+
+class Phi4MultimodalLM(Phi4Multimodal):
+    """``returns="lm"``: the rows ``Phi4MultimodalModel`` feeds its LM at the audio tokens of a speech-only prompt:
+    the tower's rows through ``Phi4MultimodalAudioEmbedding``'s speech projection (``audio_projection_mode="speech"``;
+    a prompt with an image uses the vision-speech projection instead, which contaudio does not build).
+
+    Phi-4-multimodal has no ``get_audio_features``: the oracle is ``Phi4MultimodalAudioEmbedding.forward``
+    itself, HF's embedding of a prompt, run on :class:`Phi4MultimodalSpeechEmbedding`.
+    """
+
+    mode = "lm"
+    returns = (
+        "Phi4MultimodalAudioEmbedding rows at the audio tokens of a speech-only prompt (tower, up_proj_for_speech, "
+        "GELU, down_proj_for_speech; 12.5 per second, the LM's hidden_size wide), one per placeholder"
+    )
+    oracle_path = (
+        "Phi4MultimodalFeatureExtractor (one audio, as the processor sends it), then "
+        "Phi4MultimodalAudioEmbedding.forward (speech mode, no mask for one clip) on a prompt of "
+        "_compute_audio_embed_size audio tokens; placeholders from Phi4MultimodalProcessor on the clip alone"
+    )
+    config_class = Phi4MultimodalConfig
+    encoder_class = Phi4MultimodalSpeechEmbedding
+    weight_prefixes = tuple({prefix + part: part for part in SPEECH_PARTS} for prefix in AUDIO_EMBED_PREFIXES)
+
+    rows = staticmethod(phi4_multimodal_lm_rows)
+
+    def module_config(self, encoder_config: dict[str, Any], model_config: dict[str, Any] | None) -> dict[str, Any]:
+        """The whole model's config with the tower's config as its ``audio_config``."""
+        if model_config is None:
+            raise ValueError(
+                "this Phi-4-multimodal source has no model_config: returns='lm' needs the model's config (the LM "
+                "width hidden_size the speech projection maps to, embd_pdrop), from a whole checkpoint's config.json "
+                "or a card's model_config; use returns='tower' for the tower's rows"
+            )
+        if model_config.get("model_type") != LM_MODEL_TYPE:
+            raise ValueError(
+                f"returns='lm' needs a whole Phi-4-multimodal checkpoint (config.json model_type {LM_MODEL_TYPE!r}), "
+                f"got model_type {model_config.get('model_type')!r}: a bare audio-tower export holds no speech "
+                "projection; use returns='tower' for the tower's rows"
+            )
+        return {**model_config, "audio_config": dict(encoder_config)}
+
+    def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The packed tower forward on ``encoder.encoder``, then the speech projection of every row."""
+        check_speech_config(encoder)
+        return speech_projection(encoder, packed_forward(encoder.encoder, mel, lengths))
+
+    def flops(self, config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
+        return phi4_multimodal_lm_flops(config, lengths)
+
+    def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        return hf_speech_embeds(encoder, input_features, frames)
+
+    def hf_placeholders(self, extractor: FeatureExtractionMixin, wav: np.ndarray) -> int | None:
+        return hf_placeholder_count(extractor, wav)
+
+
+Phi4Multimodal.lm_view = Phi4MultimodalLM

@@ -13,18 +13,34 @@ features alone than next to a longer clip in one HF call. The one-clip-per-call 
 reference (what the model gives a single audio), and :func:`packed_forward` keeps it in any
 batch while running the layer stack once for the whole batch.
 
-Returns: the rows of ``thinker.get_audio_features(...)`` for the clip alone (13 per second, projected
-to the LM width).
-Oracle: HF's extractor with ``padding="max_length"`` (the clip zero-padded to 300 s: ``ceil(N / 160)``
-frames, what ``Qwen3OmniMoeProcessor``'s ``padding=True`` gives every clip but the longest of its
-batch; a clip alone gets ``N // 160`` frames and a reflected end there), then
+Features: the clip as ``Qwen3OmniMoeProcessor`` gives it alone (as at inference, one audio per prompt).
+The processor calls Whisper's extractor with ``padding=True`` (pad to the longest clip *of the call*), so a
+clip alone is not padded: ``N // 160`` frames with a reflected end (the STFT's last frame dropped), and
+a clip of <= 200 samples is refused (the reflection needs more; HF's extractor raises inside ``torch.stft``).
+In a batch every clip but the longest would get ``ceil(N / 160)`` frames and zeros past its end: a count
+that depends on the batch, so contaudio takes the clip alone (:meth:`Qwen3Omni.adapt_features`).
+
+Modes (``returns=``):
+
+- ``"lm"`` (the default) and ``"tower"`` are one: the rows of ``thinker.get_audio_features(...)`` for the clip
+  alone (13 per second, projected to the LM width), which the thinker splices into its LM as they are, as many
+  as the audio placeholders the processor puts into a prompt for the clip.
+- ``"hidden_states"``: HF's ``output_hidden_states`` entries of the tower: its layer stack's rows (13 per full
+  chunk, ``d_model`` wide; 0 the first layer's input, ``i`` layer ``i``'s output, the last one before ``ln_post``:
+  ``capture_outputs(tie_last_hidden_states=False)`` in transformers 5.14 and 5.25 alike).
+
+Oracle: HF's extractor called with the processor's own default audio kwargs, read from transformers
+(:func:`processor_audio_kwargs`: ``padding=True, truncation=False``) on the clip alone, then
 the thinker's ``get_audio_features`` (``Qwen3OmniMoeThinkerModel``'s; ``Qwen3OmniMoeThinkerForConditionalGeneration``'s
-before transformers 5.21) on our tower, one clip per call.
+before transformers 5.21) on our tower, one clip per call (``output_hidden_states=True`` for the hidden states);
+the placeholder count is HF's ``Qwen3OmniMoeProcessor``'s for a prompt holding the clip alone, built for text and
+audio (:func:`qwen3_omni_processor`) on the checkpoint's extractor and a tiny tokenizer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,19 +51,27 @@ from transformers import PreTrainedModel, WhisperFeatureExtractor
 from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe
 from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
+from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import (
+    Qwen3OmniMoeProcessor,
+    Qwen3OmniMoeProcessorKwargs,
+)
 
 from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, block_macs, config_value
-from contaudio.encoders.oracle import extract_max_length, thinker_audio_rows, thinker_get_audio_features
+from contaudio.encoders.oracle import thinker_audio_rows, thinker_get_audio_features, thinker_hidden_states
 from contaudio.encoders.packed import (
+    AttentionKernel,
     attention_kernel,
     check_lengths,
     chunk_frames_per_clip,
     conv2d_bf16_safe,
     run_windowed_stack,
     to_device,
+    windowed_hidden_states,
 )
+from contaudio.encoders.processors import audio_only
 from contaudio.encoders.registry import EncoderFamily, IntOrTensor, register
-from contaudio.features import FeatureConfig
+from contaudio.encoders.tokenizers import tiny_tokenizer
+from contaudio.features import FeatureConfig, Featurizer
 from contaudio.lengths import ceil_div, conv_out
 
 CHUNK_FRAMES = 100  # 2 * n_window (50): the conv stack runs on 1 s chunks
@@ -55,6 +79,45 @@ CONV_STRIDE = 2  # each of the three Conv2d halves time (and frequency)
 CONV_LAYERS = 3  # conv2d1..3, each k3 s2 p1 over (mel, time)
 CONV2D_TAPS = 9  # 3 x 3 kernel
 QWEN3_OMNI_FEATURES = FeatureConfig(sampling_rate=16000, feature_size=128, n_fft=400, hop_length=160, chunk_length=300)
+PROCESSOR_ONLY_AUDIO_KWARGS = ("n_window",)  # audio kwargs the processor reads itself, never passes its extractor
+# the tokens Qwen3OmniMoeProcessor reads off its tokenizer by name (Qwen3-Omni's tokenizer: Qwen's special tokens)
+PROCESSOR_TOKENS = {"audio_token": "<|audio_pad|>", "image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                    "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>",
+                    "audio_bos_token": "<|audio_start|>", "audio_eos_token": "<|audio_end|>"}  # fmt: skip
+
+
+def processor_audio_kwargs() -> dict[str, Any]:
+    """The keyword arguments ``Qwen3OmniMoeProcessor`` passes its feature extractor by default, read from transformers.
+
+    Declared as the processor's ``audio_kwargs`` class attribute since transformers 5.2x, as
+    ``Qwen3OmniMoeProcessorKwargs._defaults["audio_kwargs"]`` before (5.14); ``n_window`` is the processor's own.
+
+    >>> processor_audio_kwargs()["padding"], processor_audio_kwargs()["truncation"]
+    (True, False)
+    """
+    declared = getattr(Qwen3OmniMoeProcessor, "audio_kwargs", None)
+    if declared is None:
+        declared = getattr(Qwen3OmniMoeProcessorKwargs, "_defaults", {}).get("audio_kwargs")
+    if not declared:
+        raise RuntimeError(
+            "transformers' Qwen3OmniMoeProcessor declares no default audio kwargs where contaudio looks (its "
+            "audio_kwargs attribute, or Qwen3OmniMoeProcessorKwargs._defaults); this transformers release lays "
+            "its processor out differently: update contaudio.encoders.qwen3_omni.processor_audio_kwargs"
+        )
+    return {key: value for key, value in declared.items() if key not in PROCESSOR_ONLY_AUDIO_KWARGS}
+
+
+def qwen3_omni_processor(extractor: WhisperFeatureExtractor) -> Qwen3OmniMoeProcessor:
+    """HF's ``Qwen3OmniMoeProcessor`` for text and audio (:func:`~contaudio.encoders.processors.audio_only`) around
+    the checkpoint's extractor and a tiny tokenizer holding the tokens it reads by name (:data:`PROCESSOR_TOKENS`)."""
+    tokenizer = tiny_tokenizer(list(PROCESSOR_TOKENS.values()), named=PROCESSOR_TOKENS)
+    return audio_only(Qwen3OmniMoeProcessor, extractor, tokenizer)
+
+
+def processor_placeholders(processor: Qwen3OmniMoeProcessor, wav: np.ndarray) -> int:
+    """The audio placeholders ``processor`` writes into a prompt holding one audio, the clip ``wav`` alone."""
+    out = processor(text=processor.audio_token, audio=[np.asarray(wav, dtype=np.float32)], return_tensors="pt")
+    return int((out["input_ids"] == processor.tokenizer.convert_tokens_to_ids(processor.audio_token)).sum())
 
 
 def conv_stack_rows(frames: IntOrTensor) -> IntOrTensor:
@@ -165,12 +228,43 @@ def packed_forward(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor)
 ConvWidths = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class AuTStackInput:
+    """The layer stack's input for a batch: packed rows ``[N, d_model]`` (clip by clip, chunk by chunk) and
+    the attention windows they split into, ``(num_windows,)`` rows each, with the kernel that runs them."""
+
+    hidden: torch.Tensor
+    window_rows: torch.Tensor
+    kernel: AttentionKernel
+
+
 def aut_layers(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor, conv_widths: ConvWidths) -> torch.Tensor:
     """The AuT tower (Qwen3-Omni, Qwen3-ASR) up to its last layer: ``[B, M_max, n_mels]`` -> ``[sum rows, d_model]``.
 
     ``conv_widths(lengths, clip_of_chunk, chunk_frames)`` gives the width each 100-frame chunk is
     zero-padded to before the conv stack (the family's HF forward decides it); each width
     group runs the conv stack once, then the layers run ONCE over the packed rows of the batch.
+    """
+    stack = aut_embed(encoder, mel, lengths, conv_widths)
+    return run_windowed_stack(encoder.layers, stack.hidden, stack.window_rows, stack.kernel)
+
+
+def aut_hidden_states(
+    encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor, conv_widths: ConvWidths, layers: tuple[int, ...]
+) -> torch.Tensor:
+    """The AuT tower's hidden states ``layers`` (HF's ``output_hidden_states`` indices: 0 the first layer's input,
+    ``i`` layer ``i``'s output) on a padded batch, the layers run only up to the deepest one:
+    ``[len(layers), sum rows, d_model]`` (13 rows per full chunk, as the tower's; no ``ln_post`` or head)."""
+    stack = aut_embed(encoder, mel, lengths, conv_widths)
+    return windowed_hidden_states(encoder.layers, stack.hidden, stack.window_rows, stack.kernel, layers)
+
+
+def aut_embed(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor, conv_widths: ConvWidths) -> AuTStackInput:
+    """The AuT conv stack on every chunk of a padded batch, packed: the first layer's input and its windows.
+
+    Each group of chunks zero-padded to one width (``conv_widths``) runs the conv stack once; the rows
+    are put back in packed (clip, chunk, row) order; the windows span ``13 * n_window_infer / 100``
+    rows of a clip (the last one shorter).
     """
     lengths = check_lengths(mel, lengths)
     check_chunking(encoder)
@@ -198,9 +292,7 @@ def aut_layers(encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor, con
     hidden = torch.cat(pieces).index_select(0, to_device(order, mel.device))  # [N, d]
     window = qwen3_omni_rows(chunk_frames) * (encoder.n_window_infer // chunk_frames)
     window_rows = qwen3_window_rows(qwen3_omni_rows(lengths), window)
-    return run_windowed_stack(
-        encoder.layers, hidden, window_rows, attention_kernel(encoder.config, hidden.device, hidden.dtype)
-    )
+    return AuTStackInput(hidden, window_rows, attention_kernel(encoder.config, hidden.device, hidden.dtype))
 
 
 def qwen3_omni_flops(config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
@@ -264,9 +356,12 @@ class Qwen3Omni(EncoderFamily):
     default_features = QWEN3_OMNI_FEATURES
     returns = "thinker.get_audio_features rows of the clip alone (13 per second, projected to the LM width)"
     oracle_path = (
-        "WhisperFeatureExtractor(padding='max_length'), then the thinker's get_audio_features "
-        "one clip per call (HF's batched call leaks conv padding into clips < 1 s)"
+        "WhisperFeatureExtractor with Qwen3OmniMoeProcessor's default audio kwargs (padding=True: the clip alone, "
+        "N // 160 frames), then the thinker's get_audio_features one clip per call (HF's batched call leaks conv "
+        "padding into clips < 1 s)"
     )
+
+    head_modules = ("ln_post", "proj1", "act", "proj2")  # after the layer stack (row-wise: rows stay 13 per chunk)
 
     rows = staticmethod(qwen3_omni_rows)
 
@@ -276,11 +371,48 @@ class Qwen3Omni(EncoderFamily):
     def flops(self, config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
         return qwen3_omni_flops(config, lengths)
 
+    def adapt_features(self, features: Featurizer) -> Featurizer:
+        """Whisper's log-mel as the processor computes it for a clip alone: unpadded, ``N // 160`` frames."""
+        if not isinstance(features, FeatureConfig):
+            raise ValueError(
+                f"{self.name} is fed by WhisperFeatureExtractor, but the checkpoint's feature extractor is "
+                f"{type(features).__name__}; is this a Qwen3-Omni checkpoint?"
+            )
+        return replace(features, unpadded=True)
+
     def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
-        return extract_max_length(extractor, wav)
+        """HF's extractor on the clip alone as ``Qwen3OmniMoeProcessor`` calls it (its default audio kwargs, read
+        from transformers: :func:`processor_audio_kwargs`): ``([1, n_mels, F], frames)``, F = frames = ``N // 160``."""
+        out = extractor(wav, return_tensors="pt", **processor_audio_kwargs())
+        return out["input_features"], int(out["attention_mask"].sum())
 
     def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """One ``get_audio_features`` call for the whole batch, as HF runs a batch (bench's HF column)."""
         check_chunking(encoder)
         get_audio_features = thinker_get_audio_features(modeling_qwen3_omni_moe, "Qwen3OmniMoe")
         return thinker_audio_rows(get_audio_features, encoder, input_features, frames)
+
+    def hf_placeholders(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> int:
+        """The audio placeholders HF's ``Qwen3OmniMoeProcessor`` writes for the clip alone
+        (:func:`qwen3_omni_processor`): the tower's rows are the LM's, so ``"lm"`` and ``"tower"`` both count them."""
+        return processor_placeholders(qwen3_omni_processor(extractor), wav)
+
+    def hidden_rows(self, mel_len: IntOrTensor) -> IntOrTensor:
+        """The layer stack's rows: the tower's (:func:`qwen3_omni_rows`), its head being row-wise."""
+        return qwen3_omni_rows(mel_len)
+
+    def hidden_forward(
+        self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor, layers: tuple[int, ...]
+    ) -> torch.Tensor:
+        """:func:`aut_hidden_states` with the chunks padded as HF pads them for each clip alone."""
+        return aut_hidden_states(encoder, mel, lengths, qwen3_conv_widths, layers)
+
+    def hf_hidden_states(
+        self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor, layers: tuple[int, ...]
+    ) -> torch.Tensor:
+        """The thinker's ``get_audio_features(..., output_hidden_states=True)`` on our tower: the tower's
+        ``hidden_states[i]`` (``capture_outputs(tie_last_hidden_states=False)`` in transformers 5.14 and 5.25: the
+        last entry is the last layer's output, before ``ln_post``)."""
+        check_chunking(encoder)
+        get_audio_features = thinker_get_audio_features(modeling_qwen3_omni_moe, "Qwen3OmniMoe")
+        return thinker_hidden_states(get_audio_features, encoder, input_features, frames, layers)

@@ -1,4 +1,4 @@
-"""Fixed-window encoders (Whisper, Qwen2-Audio, Voxtral): each clip padded to one 30 s window.
+"""Fixed-window encoders (Whisper, Qwen2-Audio, Voxtral, Audio Flamingo 3, GLM-ASR): each clip padded to 30 s windows.
 
 The generic machinery of the Whisper-architecture families: the window, the silence padding,
 the long-clip policy, HF's window layout and the FLOP rule of a Whisper-style window.
@@ -21,23 +21,31 @@ A clip longer than the window follows an explicit policy (``ContinuousAudioIO(lo
 - ``"windows"``: the clip's mel is cut into consecutive windows of ``window_frames``
   (the last one padded with the clip's silence level), each encoded on its own, and
   their valid rows concatenated. The family's length rule counts exactly these rows.
+
+Audio Flamingo 3's and GLM-ASR's processors cut the *waveform* into 30 s pieces and extract each one
+on its own: contaudio cuts the same way (``cuts_waveform``), and their oracle is the processor itself
+(:class:`ProcessorWindowFamily`, :func:`run_processor`), which also gives the number of audio
+placeholders it writes into the prompt for the clip (:func:`placeholder_count`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel, WhisperFeatureExtractor
+from transformers import PreTrainedModel, ProcessorMixin, WhisperFeatureExtractor
 
 from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, block_macs, config_value
-from contaudio.encoders.oracle import extract, select_rows
+from contaudio.encoders.oracle import OracleRows, ask_hf, extract, frame_mask, select_rows
 from contaudio.encoders.registry import EncoderFamily, IntOrTensor
+from contaudio.encoders.tokenizers import tiny_tokenizer
 from contaudio.features import DYNAMIC_RANGE, LOG_FLOOR, LOG_OFFSET, LOG_SCALE, FeatureConfig, Featurizer
 from contaudio.lengths import ceil_div, conv_out, windowed_rows
 
@@ -172,17 +180,6 @@ def hf_windows(
     return windows[keep], real[keep]
 
 
-def extract_per_window(extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
-    """HF's extractor as the Audio Flamingo 3 / GLM-ASR processors run it: the waveform cut into consecutive
-    ``n_samples`` (30 s) pieces, each extracted on its own with max_length padding, side by side.
-
-    Returns ``([1, n_mels, k * 3000], valid frames)``.
-    """
-    starts = range(extractor.n_samples, len(wav), extractor.n_samples)
-    pieces = [extract(extractor, piece, padding="max_length") for piece in np.split(wav, starts)]
-    return torch.cat([features for features, _ in pieces], dim=2), sum(frames for _, frames in pieces)
-
-
 def whisper_style_flops(
     config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor, window_frames: int = WINDOW_FRAMES
 ) -> float:
@@ -241,9 +238,10 @@ class WindowFamily(EncoderFamily):
     silence-padded forward keeping the clip's rows, the FLOP rule, and HF's extractor padding the
     waveform to whole windows (Voxtral's processor; Whisper's and Qwen2-Audio's for <= 30 s).
 
-    ``cuts_waveform``: the family's processor cuts the *waveform* into 30 s pieces and extracts each
-    on its own (Audio Flamingo 3, GLM-ASR), so the featurizer does too (``waveform_window_s``), each
-    window is padded at its own silence level, and the oracle extracts piece by piece.
+    ``cuts_waveform``: contaudio's side of a processor that cuts the *waveform* into 30 s pieces and
+    extracts each on its own (Audio Flamingo 3, GLM-ASR): the featurizer cuts the same way
+    (``waveform_window_s``) and each window is padded at its own silence level. The oracle of such a
+    family is the processor itself (:class:`ProcessorWindowFamily`), whatever this flag says.
     ``positions_key``: the config key of the encoder's position count (see :func:`check_window`).
     """
 
@@ -263,17 +261,147 @@ class WindowFamily(EncoderFamily):
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """HF's encoder on each clip padded to its window(s) with silence: ``[B, M_max, n_mels]`` -> ``[rows, d]``."""
+        hidden, frames = self.window_forward(encoder, mel, lengths)
+        return select_rows(hidden, window_conv_rows(frames))
+
+    def window_forward(
+        self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """HF's encoder on every window of every clip, padding rows included: ``[B, M_max, n_mels]``, ``[B]`` ->
+        ``[K, 1500, d_model]`` (windows in clip order) and each window's real frames ``[K]``."""
         check_window(encoder, self.positions_key)
         windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES, self.cuts_waveform)  # [K, 3000, n_mels]
-        hidden = encoder(windows.transpose(1, 2)).last_hidden_state  # [K, 1500, d_model]
-        return select_rows(hidden, window_conv_rows(frames))
+        return encoder(windows.transpose(1, 2)).last_hidden_state, frames
 
     def flops(self, config: Mapping[str, Any] | Any, lengths: Sequence[int] | torch.Tensor) -> float:
         return whisper_style_flops(config, lengths)
 
     def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
-        """HF's extractor as the processor runs it: the clip zero-padded to whole 30 s windows, or with
-        ``cuts_waveform`` each 30 s piece extracted on its own (:func:`extract_per_window`)."""
-        if self.cuts_waveform:
-            return extract_per_window(extractor, wav)
+        """HF's extractor as the processor runs it: the clip zero-padded to whole 30 s windows."""
         return extract(extractor, wav, padding="longest", pad_to_multiple_of=extractor.n_samples, truncation=False)
+
+
+@dataclass(frozen=True)
+class ProcessorAudio:
+    """What a model's HF processor gives for one clip in a prompt.
+
+    input_features: ``[K, n_mels, W]``, the clip's windows as the model's forward receives them;
+    input_features_mask: ``[K, W]``, their valid frames; placeholders: the audio tokens the processor
+    wrote into the prompt for the clip (the rows the LM expects).
+    """
+
+    input_features: torch.Tensor
+    input_features_mask: torch.Tensor
+    placeholders: int
+
+
+def run_processor(processor: ProcessorMixin, wav: np.ndarray) -> ProcessorAudio:
+    """HF's processor (Audio Flamingo 3's, GLM-ASR's) on a prompt holding one audio placeholder and the clip.
+
+    Runs the processor's own audio path: its cut of the waveform into windows, its extractor call, its
+    masks and its placeholder expansion; ``wav`` is mono at the extractor's sampling rate.
+    """
+    rate = processor.feature_extractor.sampling_rate
+    out = processor(text=processor.audio_token, audio=wav, sampling_rate=rate)
+    placeholders = int((out["input_ids"] == processor.audio_token_id).sum())
+    return ProcessorAudio(out["input_features"], out["input_features_mask"], placeholders)
+
+
+def placeholder_count(processor: ProcessorMixin, wav: np.ndarray) -> int:
+    """The audio placeholders HF's ``processor`` puts into a prompt for the clip ``wav`` (see :func:`run_processor`)."""
+    return run_processor(processor, wav).placeholders
+
+
+def whole_model_config(
+    family: str, model_type: str, encoder_config: dict[str, Any], model_config: dict[str, Any] | None, reads: str
+) -> dict[str, Any]:
+    """The config dict of a model's audio half with its projector (``returns="lm"``): ``model_config`` (the
+    checkpoint's config.json, or a card's ``model_config``) with its ``audio_config`` set to ``encoder_config``.
+
+    ``reads``: what the projector takes from the model's config, for the error raised when ``model_config`` is not
+    a whole ``model_type`` model's (a bare audio-encoder export, or a card without ``model_config``).
+
+    >>> whole_model_config("x", "xm", {"model_type": "xe"}, {"model_type": "xm", "text_config": {"hidden_size": 8}},
+    ...                    "text_config.hidden_size")
+    {'model_type': 'xm', 'text_config': {'hidden_size': 8}, 'audio_config': {'model_type': 'xe'}}
+    """
+    if model_config is None or model_config.get("model_type") != model_type:
+        found = "no model config" if model_config is None else f"model_type {model_config.get('model_type')!r}"
+        raise ValueError(
+            f"{family}: returns='lm' needs the whole model's config (model_type {model_type!r}: its {reads}), but "
+            f"this checkpoint or card has {found} (a bare audio-encoder export, or a card without 'model_config'). "
+            "Use returns='tower' (the tower's rows) or returns='hidden_states', or load the whole model's checkpoint"
+        )
+    return {**model_config, "audio_config": dict(encoder_config)}
+
+
+class ProcessorWindowFamily(WindowFamily):
+    """A 30 s family whose oracle runs the model's own HF processor (``processor_class``) on the clip: its cut of
+    the waveform into windows, its extractor call and masks (Audio Flamingo 3, GLM-ASR, whose processors cut the
+    waveform, see ``cuts_waveform``). The processor is built from the checkpoint's extractor and a
+    :func:`~contaudio.encoders.tokenizers.tiny_tokenizer` holding its default audio token.
+
+    A family fills in ``processor_class``, :meth:`hf_encode_windows` (HF's model path on the processor's windows
+    and masks) and, for ``returns="hidden_states"``, :meth:`hf_hidden_windows`. Where this object's rows are the
+    LM's (``mode == "lm"``), the oracle also keeps the placeholder count the processor wrote for the clip.
+    """
+
+    processor_class: ClassVar[type[ProcessorMixin]]
+
+    @abstractmethod
+    def hf_encode_windows(self, encoder: PreTrainedModel, windows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """HF's model path on a processor's output: ``input_features [K, n_mels, W]``, ``input_features_mask
+        [K, W]`` -> the rows HF's code keeps, ``[sum rows, D]``."""
+
+    def hf_hidden_windows(
+        self, encoder: PreTrainedModel, windows: torch.Tensor, mask: torch.Tensor, layers: tuple[int, ...]
+    ) -> torch.Tensor:
+        """HF's model path with ``output_hidden_states=True`` on a processor's windows and masks: the rows HF's code
+        keeps of its hidden states ``layers``, ``[len(layers), sum rows, d]``."""
+        raise NotImplementedError(f"{self.name}: returns='hidden_states' has no HF oracle yet")
+
+    def hf_processor(self, extractor: WhisperFeatureExtractor) -> ProcessorMixin:
+        """``processor_class`` around ``extractor`` and a tiny tokenizer holding the processor's default audio token."""
+        audio_token = inspect.signature(self.processor_class).parameters["audio_token"].default
+        return self.processor_class(extractor, tiny_tokenizer([audio_token]))
+
+    def hf_inputs(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> tuple[torch.Tensor, int]:
+        """The processor's features for the clip, its windows side by side: ``([1, n_mels, K * W], valid frames)``."""
+        audio = run_processor(self.hf_processor(extractor), wav)
+        features = torch.cat(list(audio.input_features), dim=1)[None]  # [1, n_mels, K * W]
+        return features, int(audio.input_features_mask.sum())
+
+    def hf_encode(self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Whole-window features (``[B, n_mels, k * W]``, valid frames ``[B]``) cut into the windows and masks the
+        processor gives a clip of that many frames, then :meth:`hf_encode_windows`."""
+        windows, window_frames = hf_windows(input_features, frames, WINDOW_FRAMES)
+        return self.hf_encode_windows(encoder, windows, frame_mask(window_frames, WINDOW_FRAMES))
+
+    def hf_hidden_states(
+        self, encoder: PreTrainedModel, input_features: torch.Tensor, frames: torch.Tensor, layers: tuple[int, ...]
+    ) -> torch.Tensor:
+        """:meth:`hf_encode`'s windows and masks (from :meth:`hf_inputs`: the processor's), then
+        :meth:`hf_hidden_windows`: ``[len(layers), sum rows, d]``."""
+        windows, window_frames = hf_windows(input_features, frames, WINDOW_FRAMES)
+        return self.hf_hidden_windows(encoder, windows, frame_mask(window_frames, WINDOW_FRAMES), layers)
+
+    def hf_placeholders(self, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> int | None:
+        """The audio placeholders the processor writes for the clip (:func:`placeholder_count`) where this object's
+        rows are the LM's (``mode == "lm"``); None otherwise (the tower's rows, before the model's projector)."""
+        return placeholder_count(self.hf_processor(extractor), wav) if self.mode == "lm" else None
+
+    def oracle(self, encoder: PreTrainedModel, extractor: WhisperFeatureExtractor, wav: np.ndarray) -> OracleRows:
+        """HF's processor on the clip, then HF's model path on its windows and masks; in ``"lm"`` mode the answer
+        also keeps the placeholder count of that same processor call (None when HF raised)."""
+        processor = self.hf_processor(extractor)
+        ran: list[ProcessorAudio] = []
+
+        def ask() -> torch.Tensor:
+            ran.append(run_processor(processor, wav))
+            features = ran[0].input_features.to(encoder.device, encoder.dtype)
+            return self.hf_encode_windows(encoder, features, ran[0].input_features_mask.to(encoder.device))
+
+        answer = ask_hf(ask)
+        if answer.error is None and self.mode == "lm":
+            return replace(answer, placeholders=ran[0].placeholders)
+        return answer

@@ -115,6 +115,7 @@ def extract(args: argparse.Namespace) -> None:
         return extract_espnet_stats(args)
     if args.input is None:
         usage_error("extract needs INPUT (a manifest, folder or glob), or --espnet with --specifier")
+
     try:
         options = ExtractOptions(
             out=args.out, mode=args.mode, workers=args.workers, max_frames=args.max_frames, max_clips=args.max_clips,
@@ -127,7 +128,7 @@ def extract(args: argparse.Namespace) -> None:
         io_kwargs = {
             "encoder_hf_model_tag": args.tag, "weights": args.weights, "dtype": args.dtype, "device": args.device,
             "attn_implementation": args.attn, "long_clip": args.long_clip, "max_duration_s": args.max_duration,
-            "seed": args.seed,
+            "returns": args.returns, "layers": args.layers, "seed": args.seed,
         }  # fmt: skip
         summary = run_extract(clips, io_kwargs, options, rank)
     except (RefusedError, ManifestError) as err:

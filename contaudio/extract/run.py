@@ -150,7 +150,8 @@ def feature_config(io: ContinuousAudioIO, io_kwargs: dict[str, Any], stored: tor
         "compute_dtype": dtype_name(io.torch_dtype), "store_dtype": dtype_name(stored), "dim": io.feature_dim(),
         "sample_rate": io.sample_rate, "hop_length": io.features.hop_length, "n_mels": io.n_mels,
         "resample": io.policy.resample, "multichannel": io.policy.multichannel, "normalize": io.policy.normalize,
-        "max_duration_s": io.policy.max_duration_s, "long_clip": io.long_clip,
+        "max_duration_s": io.policy.max_duration_s, "long_clip": io.long_clip, "returns": io.returns,
+        "features": repr(io.features),  # the featurizer and its every setting (frame rule, padding, ...)
     }  # fmt: skip
 
 
@@ -524,9 +525,16 @@ def front_end(io_kwargs: dict[str, Any], rank: RankInfo) -> ContinuousAudioIO:
     try:
         if kwargs.get("weights", "pretrained") == "pretrained" and "encoder_hf_model_tag" in kwargs:
             resolve(kwargs["encoder_hf_model_tag"], "pretrained", kwargs.get("revision"))  # reads no weights
-        return ContinuousAudioIO(**kwargs, skip_init_encoder=True)
+        front = ContinuousAudioIO(**kwargs, skip_init_encoder=True)
     except (ValueError, ImportError, FileNotFoundError) as err:  # a refused tag/weights/dtype/device, or no config
         raise RefusedError(f"cannot build the encoder: {err}") from err
+    if front.family.leading_shape:
+        raise RefusedError(
+            f"extract stores one [T, D] matrix per clip; returns={front.returns!r} gives "
+            f"[{len(front.family.leading_shape)} more dims, T, D]: use returns 'lm' or 'tower' (--returns), or "
+            "ContinuousAudioIO(returns='hidden_states', layers=[...]) in your own loop"
+        )
+    return front
 
 
 @contextlib.contextmanager

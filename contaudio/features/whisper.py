@@ -29,6 +29,7 @@ LOG_OFFSET = 4.0  # Whisper's affine rescale: (log_spec + 4) / 4
 LOG_SCALE = 4.0
 WHISPER_MEL_FMAX = 8000.0  # the extractor's fixed upper mel edge (Hz)
 BUGGY_DYNAMIC_RANGE = 7.0  # with_known_bug: a 70 dB clamp instead of 80 dB
+NOT_HF_SETTINGS = ("dynamic_range", "waveform_window_s", "unpadded")  # FeatureConfig fields HF's extractor lacks
 
 
 @register_featurizer
@@ -36,12 +37,17 @@ BUGGY_DYNAMIC_RANGE = 7.0  # with_known_bug: a 70 dB clamp instead of 80 dB
 class FeatureConfig(Featurizer):
     """Whisper's log-mel (``WhisperFeatureExtractor``): the parts of a ``preprocessor_config.json`` that define it.
 
-    Two fields are not settings of HF's extractor and are never read from or written to a config:
-    ``dynamic_range`` (always 80 dB in HF; :meth:`with_known_bug` changes it) and
+    Three fields are not settings of HF's extractor and are never read from or written to a config:
+    ``dynamic_range`` (always 80 dB in HF; :meth:`with_known_bug` changes it);
     ``waveform_window_s``: when > 0, the waveform is cut into pieces of that many seconds and
     each piece gets its own log-mel (its own clamp, its own zero-padded end), concatenated, as
     the Audio Flamingo 3 and GLM-ASR processors cut a clip into 30 s windows before extracting.
-    The frame count is unchanged when a piece is a whole number of hops (30 s is 3000).
+    The frame count is unchanged when a piece is a whole number of hops (30 s is 3000);
+    ``unpadded``: the extractor is called on the clip alone without padding, as a processor with
+    ``padding=True`` calls it for one clip (Qwen3-Omni's): ``N // hop`` frames with a reflected end
+    (:func:`reflected_log_mel`), and a clip of ``<= n_fft // 2`` samples is refused, as HF's STFT
+    refuses it. With ``unpadded=False`` (the default) the clip is as the extractor's ``max_length``
+    padding gives it: ``ceil(N / hop)`` frames, zeros past its end.
     """
 
     extractor_type: ClassVar[str] = "WhisperFeatureExtractor"
@@ -54,6 +60,14 @@ class FeatureConfig(Featurizer):
     dither: float = 0.0
     dynamic_range: float = field(default=DYNAMIC_RANGE, repr=False)
     waveform_window_s: int = 0
+    unpadded: bool = False
+
+    def __post_init__(self) -> None:
+        if self.unpadded and self.waveform_window_s:
+            raise ValueError(
+                "FeatureConfig: unpadded=True (the clip alone, reflected end) and waveform_window_s > 0 (30 s pieces, "
+                "each zero-padded) describe two different processors; set one of them"
+            )
 
     @property
     def n_mels(self) -> int:
@@ -70,16 +84,42 @@ class FeatureConfig(Featurizer):
         return self.n_samples // self.hop_length
 
     def frames(self, num_samples: IntOrTensor) -> IntOrTensor:
-        """``ceil(N / hop)``: the frames the extractor's attention mask marks valid with max_length padding."""
+        """The frames the extractor's attention mask marks valid: ``ceil(N / hop)`` with max_length padding,
+        ``N // hop`` for a clip it does not pad (``unpadded``: the STFT's last frame is dropped).
+
+        >>> [FeatureConfig().frames(n) for n in (16000, 16001, 16159)], FeatureConfig(unpadded=True).frames(16159)
+        ([100, 101, 101], 100)
+        """
+        if self.unpadded:
+            return num_samples // self.hop_length
         return mel_frames(num_samples, self.hop_length)
 
+    @property
+    def min_samples(self) -> int:
+        """0, or with ``unpadded`` ``n_fft // 2 + 1``: the STFT's reflection of ``n_fft // 2`` samples needs more."""
+        return self.n_fft // 2 + 1 if self.unpadded else 0
+
+    def too_short(self, num_samples: int) -> str:
+        return (
+            f"a clip of {num_samples} samples is too short for Whisper's log-mel on the unpadded clip (as "
+            f"Qwen3-Omni's processor computes it): the STFT reflects n_fft // 2 = {self.n_fft // 2} samples at each "
+            f"end, so it needs at least {self.min_samples} ({self.min_samples / self.sampling_rate * 1000:.1f} ms at "
+            f"{self.sampling_rate} Hz; HF's extractor raises inside torch.stft); drop the clip or zero-pad it"
+        )
+
     def compute(self, wav: torch.Tensor) -> torch.Tensor:
+        if self.unpadded:
+            self.check_samples(wav.shape[-1])
+            return reflected_log_mel(wav, self)
         if self.waveform_window_s:
             return torch.cat(self.compute_batch(list(self.waveform_pieces(wav))))
         return log_mel(wav, self)
 
     def compute_batch(self, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Batched STFTs (:func:`log_mel_batch`): equal to :meth:`compute` per clip within :data:`BATCHED_ATOL`."""
+        """Batched STFTs (:func:`log_mel_batch`): equal to :meth:`compute` per clip within :data:`BATCHED_ATOL`
+        (``unpadded``: each clip on its own, its frames and clamp depend on its own end only)."""
+        if self.unpadded:
+            return [self.compute(wav) for wav in wavs]
         if not self.waveform_window_s:
             return log_mel_batch(wavs, self)
         pieces = [self.waveform_pieces(wav) for wav in wavs]
@@ -105,7 +145,7 @@ class FeatureConfig(Featurizer):
     @classmethod
     def hf_keys(cls) -> tuple[str, ...]:
         """The fields that are settings of HF's extractor."""
-        return tuple(k for k in asdict(cls()) if k not in ("dynamic_range", "waveform_window_s"))
+        return tuple(k for k in asdict(cls()) if k not in NOT_HF_SETTINGS)
 
     def hf_settings(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k in self.hf_keys()}

@@ -173,3 +173,163 @@ def test_random_weights_are_seeded() -> None:
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not torch.equal(first["proj.weight"], other["proj.weight"])
     assert not torch.equal(first["proj.weight"], hf_init(0).state_dict()["proj.weight"])
+
+
+# --------------------------------------------------------------------------- feature-extractor settings
+def save_processor(directory, name: str) -> None:
+    """A transformers 5 processor saved by transformers itself: only processor_config.json (the extractor's settings
+    nested inside), tokenizer files, no preprocessor_config.json. Settings differ from the family's defaults."""
+    import transformers
+    from helpers.checkpoints import word_tokenizer
+
+    from contaudio.features.granite_speech import GraniteSpeechFeatures
+
+    whisper = transformers.WhisperFeatureExtractor
+    build = {
+        "audioflamingo3": lambda: transformers.AudioFlamingo3Processor(
+            whisper(feature_size=80), word_tokenizer(["<sound>"])
+        ),
+        "qwen2_audio": lambda: transformers.Qwen2AudioProcessor(
+            whisper(feature_size=128, chunk_length=300), word_tokenizer(["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"])
+        ),
+        "qwen3_asr": lambda: transformers.Qwen3ASRProcessor(
+            transformers.Qwen3ASRFeatureExtractor(feature_size=80),
+            word_tokenizer(
+                ["<|audio_pad|>", "<|audio_start|>", "<|audio_end|>"],
+                audio_token="<|audio_pad|>",
+                audio_bos_token="<|audio_start|>",
+                audio_eos_token="<|audio_end|>",
+            ),
+        ),
+        "glmasr": lambda: transformers.GlmAsrProcessor(whisper(feature_size=80), word_tokenizer(["<|pad|>"])),
+        "granite_speech": lambda: transformers.GraniteSpeechProcessor(
+            GraniteSpeechFeatures(projector_window_size=10).hf_extractor(), word_tokenizer(["<|audio|>"])
+        ),
+    }[name]
+    build().save_pretrained(directory)
+    assert not (Path(directory) / "preprocessor_config.json").exists()
+
+
+STANDALONE_TYPES = {  # family -> the model_type of a checkpoint that is just its tower (config.json at the top)
+    "audioflamingo3": "audioflamingo3_encoder",
+    "qwen2_audio": "qwen2_audio_encoder",
+    "qwen3_asr": "qwen3_asr_encoder",
+    "glmasr": "glmasr_encoder",
+    "granite_speech": "granite_speech",
+}
+
+
+def hf_features(directory, family):
+    """The featurizer of the extractor transformers' AutoFeatureExtractor builds from ``directory``."""
+    from transformers import AutoFeatureExtractor
+
+    from contaudio.features import featurizer_from_dict
+    from contaudio.features.torchaudio_mel import torchaudio_for_hf_granite_speech
+
+    with torchaudio_for_hf_granite_speech():
+        extractor = AutoFeatureExtractor.from_pretrained(directory, local_files_only=True)
+    return family.adapt_features(featurizer_from_dict(extractor.to_dict()))
+
+
+@pytest.mark.parametrize("name", sorted(STANDALONE_TYPES))
+def test_features_come_from_where_auto_feature_extractor_finds_them(name: str, tmp_path) -> None:
+    from contaudio.encoders import get_family
+
+    family = get_family(name)
+    save_processor(tmp_path, name)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": STANDALONE_TYPES[name]}))
+    ours = resolve(str(tmp_path), "pretrained").features
+    assert ours == hf_features(tmp_path, family)
+    assert ours != family.adapt_features(family.default_features)  # the test would not see a fallback otherwise
+
+
+def test_nested_settings_win_over_preprocessor_config_as_in_transformers(tmp_path) -> None:
+    """Both files, different settings: transformers reads processor_config.json's; so must contaudio. Fault
+    injection on both sides: with the nested entry dropped, both read preprocessor_config.json instead."""
+    from transformers import WhisperFeatureExtractor
+
+    from contaudio.encoders import get_family
+
+    family = get_family("audioflamingo3")
+    save_processor(tmp_path, "audioflamingo3")  # 80 mels, nested
+    WhisperFeatureExtractor(feature_size=128).save_pretrained(tmp_path)  # 128 mels, preprocessor_config.json
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "audioflamingo3_encoder"}))
+    assert resolve(str(tmp_path), "pretrained").features.n_mels == 80 == hf_features(tmp_path, family).n_mels
+    processor = json.loads((tmp_path / "processor_config.json").read_text())
+    processor.pop("feature_extractor")
+    (tmp_path / "processor_config.json").write_text(json.dumps(processor))
+    assert resolve(str(tmp_path), "pretrained").features.n_mels == 128 == hf_features(tmp_path, family).n_mels
+
+
+def test_transformers_5_processor_checkpoint_loads_with_its_features(tmp_path, rng, monkeypatch) -> None:
+    """AudioFlamingo3Processor(WhisperFeatureExtractor(feature_size=80), tok) next to an 80-mel tower: loads, and
+    preprocess gives 80 channels. Fault injection: reading only preprocessor_config.json (as before) fails."""
+    from helpers.checkpoints import TINY_AUDIOFLAMINGO3, card_encoder_config
+    from transformers import AudioFlamingo3EncoderConfig
+    from transformers.models.audioflamingo3.modeling_audioflamingo3 import AudioFlamingo3Encoder
+
+    from contaudio.encoders import loading
+
+    torch.manual_seed(0)
+    encoder = AudioFlamingo3Encoder(AudioFlamingo3EncoderConfig(**{**card_encoder_config(TINY_AUDIOFLAMINGO3),
+                                                                  "num_mel_bins": 80}))  # fmt: skip
+    encoder.save_pretrained(tmp_path)
+    save_processor(tmp_path, "audioflamingo3")
+    io = load(tmp_path, returns="tower")  # an encoder export: no projector for "lm"
+    mel = io.preprocess((noise(rng, 9000), 16000))[1][1]
+    assert mel.shape[1] == 80
+    torch.testing.assert_close(io.encoder.conv1.weight, encoder.conv1.weight)
+    monkeypatch.setattr(loading, "PROCESSOR_FILE", "no_such_file.json")
+    with pytest.raises(Exception, match="80"):
+        load(tmp_path, returns="tower")
+
+
+@pytest.mark.parametrize(
+    ("write", "fragment"),
+    [
+        pytest.param({"processor_config.json": {"processor_class": "X"}}, "finds no feature-extractor settings",
+                     id="processor-without-extractor"),
+        pytest.param({"processor_config.json": "{not json"}, "finds no feature-extractor settings", id="bad-json"),
+        pytest.param({"processor_config.json": {"feature_extractor": {"feature_extractor_type": "EvilExtractor"}}},
+                     r"processor_config.json \(key 'feature_extractor'\).*unsupported feature extractor 'EvilExtr",
+                     id="unsupported-type"),
+        pytest.param({"preprocessor_config.json": {"feature_extractor_type": "WhisperFeatureExtractor",
+                                                   "dither": 1.0}},
+                     r"preprocessor_config.json: contaudio cannot reproduce.*dither", id="unreproducible-setting"),
+    ],
+)  # fmt: skip
+def test_unreadable_feature_settings_are_refused(write: dict, fragment: str, tmp_path) -> None:
+    """A file that is there but gives no settings contaudio can reproduce is refused (never the family default)."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_omni_audio_encoder"}))
+    for name, content in write.items():
+        (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ValueError, match=fragment) as err:
+        resolve(str(tmp_path), "pretrained")
+    assert str(tmp_path) in str(err.value)
+
+
+def test_no_feature_files_fall_back_to_the_family_default_with_a_warning(tmp_path, caplog) -> None:
+    from contaudio.encoders import get_family
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_omni_audio_encoder"}))
+    with caplog.at_level("WARNING", logger="contaudio.encoders.loading"):
+        features = resolve(str(tmp_path), "pretrained").features
+    family = get_family("qwen2_5_omni")
+    assert features == family.adapt_features(family.default_features)
+    assert "neither processor_config.json nor preprocessor_config.json" in caplog.text
+
+
+def test_extractor_type_missing_is_picked_as_transformers_picks_it(tmp_path) -> None:
+    """No feature_extractor_type in the settings: transformers takes the one of config.json's model_type."""
+    from transformers import AutoFeatureExtractor
+
+    settings = {"feature_size": 128, "sampling_rate": 16000}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(settings))
+    config = {"model_type": "gemma3n", "audio_config": card_encoder_config_of("contaudio/tiny-gemma3n")}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ours = resolve(str(tmp_path), "pretrained").features
+    assert type(ours).extractor_type == type(AutoFeatureExtractor.from_pretrained(tmp_path)).__name__
+
+
+def card_encoder_config_of(tag: str) -> dict:
+    return dict(all_cards()[tag].encoder_config)

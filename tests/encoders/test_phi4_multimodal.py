@@ -12,12 +12,30 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
-from helpers.batches import random_padded_batch
-from helpers.checkpoints import TINY_PHI4_MULTIMODAL, assert_holds_tower, card_encoder_config, perturb_
-from transformers.models.phi4_multimodal.configuration_phi4_multimodal import Phi4MultimodalAudioConfig
-from transformers.models.phi4_multimodal.modeling_phi4_multimodal import Phi4MultimodalAudioModel
+from helpers.audio import noise
+from helpers.batches import padded_batch, random_padded_batch
+from helpers.checkpoints import (
+    TINY_AUDIO_TOKEN,
+    TINY_PHI4_MULTIMODAL,
+    assert_holds_tower,
+    card_encoder_config,
+    perturb_,
+    save_tiny_phi4_multimodal,
+)
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import Phi4MultimodalFeatureExtractor, Phi4MultimodalProcessor
+from transformers.models.phi4_multimodal.configuration_phi4_multimodal import (
+    Phi4MultimodalAudioConfig,
+    Phi4MultimodalConfig,
+)
+from transformers.models.phi4_multimodal.modeling_phi4_multimodal import (
+    Phi4MultimodalAudioConformerEncoderLayer,
+    Phi4MultimodalAudioEmbedding,
+    Phi4MultimodalAudioModel,
+)
 
 import contaudio.encoders.phi4_multimodal as phi4
 from contaudio import ContinuousAudioIO
@@ -204,10 +222,290 @@ def test_gradients_equal_hfs() -> None:
 
 
 def test_loads_a_bare_tower_export(tmp_path) -> None:
-    """A standalone ``Phi4MultimodalAudioModel`` checkpoint (model_type phi4_multimodal_audio, no prefix) loads too."""
+    """A standalone ``Phi4MultimodalAudioModel`` checkpoint (model_type phi4_multimodal_audio, no prefix) loads as
+    ``returns="tower"``; it holds no speech projection, so ``"lm"`` (the default) is refused, saying what to pass."""
     encoder = build()
     encoder.save_pretrained(tmp_path)
     Phi4MultimodalFeatures().hf_extractor().save_pretrained(tmp_path)
-    io = ContinuousAudioIO(encoder_hf_model_tag=str(tmp_path), weights="pretrained", dtype="float32")
+    io = ContinuousAudioIO(encoder_hf_model_tag=str(tmp_path), weights="pretrained", dtype="float32", returns="tower")
     assert io.family is FAMILY and io.features == Phi4MultimodalFeatures()
     assert_holds_tower(io, encoder.state_dict())
+    with pytest.raises(ValueError, match=r"model_type 'phi4_multimodal_audio'.*use returns='tower'"):
+        ContinuousAudioIO(encoder_hf_model_tag=str(tmp_path), weights="pretrained", dtype="float32")
+
+
+# ------------------------------------------------------------------------------------------------ returns="lm"
+LM_ATOL = 1e-5  # fp32: the same tower and projection weights, only the tower's kernels and summation order differ
+# 1 s, past a x8 edge, the shortest clip (1 frame), 9 frames (2 rows), 44 s (550 rows: two 40 s blocks)
+CLIP_SAMPLES = (16000, 70001, 401, 1680, 704000)
+LM_WIDTH = 48  # the tiny card's model_config hidden_size (the tower's is 32)
+
+
+def tiny_io(**kwargs) -> ContinuousAudioIO:
+    return ContinuousAudioIO(encoder_hf_model_tag=TINY_PHI4_MULTIMODAL, weights="random", dtype="float32", **kwargs)
+
+
+def clips_and_batch(io: ContinuousAudioIO) -> tuple[list[np.ndarray], list, torch.Tensor, torch.Tensor]:
+    """Noise clips of :data:`CLIP_SAMPLES`, their preprocess results and a batch padded with noise-like 0.5."""
+    rng = np.random.default_rng(0)
+    wavs = [noise(rng, n) for n in CLIP_SAMPLES]
+    pre = [io.preprocess((wav, io.sample_rate)) for wav in wavs]
+    mel, lengths = padded_batch([p[1][1] for p in pre], extra=9, fill=0.5)
+    return wavs, pre, mel, lengths
+
+
+@pytest.fixture(scope="module")
+def lm() -> tuple[ContinuousAudioIO, list[np.ndarray], list, torch.Tensor, torch.Tensor]:
+    io = tiny_io(returns="lm")
+    return io, *clips_and_batch(io)
+
+
+def test_lm_rule_is_the_extractors_embed_size() -> None:
+    """The processor writes ``audio_embed_sizes`` placeholders, counted by the extractor's own helper: the rule is
+    that helper for every M (and the tower's rows: downsample_rate 1)."""
+    ms = torch.arange(0, 20001)
+    assert torch.equal(phi4.phi4_multimodal_lm_rows(ms), phi4.hf_token_counter()._compute_audio_embed_size(ms))
+    assert torch.equal(phi4.phi4_multimodal_lm_rows(ms), phi4_multimodal_rows(ms))
+
+
+def test_lm_rows_are_hfs_embedding_at_the_processors_placeholders(lm) -> None:
+    """Per clip of a noise-padded batch: find_length == preprocess's T == encode_batch's rows == the placeholders
+    Phi4MultimodalProcessor writes for the clip alone == the rows of HF's Phi4MultimodalAudioEmbedding.forward, whose
+    values ours equal (clips past one 40 s block included)."""
+    io, wavs, pre, mel, lengths = lm
+    assert isinstance(io.family, phi4.Phi4MultimodalLM) and io.returns == "lm"
+    assert isinstance(io.encoder, phi4.Phi4MultimodalSpeechEmbedding) and io.feature_dim() == LM_WIDTH
+    extractor = io.features.hf_extractor()
+    with torch.inference_mode():
+        outs = io.encode_batch(mel, lengths)
+        for wav, p, out in zip(wavs, pre, outs, strict=True):
+            oracle = io.family.oracle(io.encoder, extractor, wav)
+            assert oracle.error is None, oracle.error
+            assert io.find_length(len(wav)) == p[1][0] == out.shape[0] == oracle.count == oracle.placeholders
+            assert out.shape[1] == LM_WIDTH
+            torch.testing.assert_close(out, oracle.rows, rtol=0, atol=LM_ATOL)
+    assert max(p[1][0] for p in pre) > BLOCK_ROWS
+
+
+def without_gelu(module: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    return module.drop(module.down_proj_for_speech(module.up_proj_for_speech(rows)))
+
+
+def test_lm_our_faults_are_seen(monkeypatch, lm) -> None:
+    """Our side: a projection without its GELU changes the values; a rule one row off misses the placeholders."""
+    io, wavs, _, mel, lengths = lm
+    extractor = io.features.hf_extractor()
+    with torch.inference_mode():
+        oracle = io.family.oracle(io.encoder, extractor, wavs[0])
+        with monkeypatch.context() as patch:
+            patch.setattr(phi4, "speech_projection", without_gelu)
+            assert (io.encode_batch(mel, lengths)[0] - oracle.rows).abs().max() > 100 * LM_ATOL
+        with monkeypatch.context() as patch:
+            patch.setattr(phi4.Phi4MultimodalLM, "rows", staticmethod(lambda m: phi4.phi4_multimodal_lm_rows(m) + 1))
+            assert io.find_length(len(wavs[0])) == oracle.placeholders + 1
+
+
+def test_lm_hfs_faults_are_seen(monkeypatch, lm) -> None:
+    """HF's side: its embedding answering other values, keeping one row too few (HF's own index_put then raises), or
+    its processor writing one placeholder more: each shows in the oracle's answer."""
+    io, wavs, _, mel, lengths = lm
+    extractor = io.features.hf_extractor()
+    embed = Phi4MultimodalAudioEmbedding.forward
+    with torch.inference_mode():
+        ours = io.encode_batch(mel, lengths)[0]
+        with monkeypatch.context() as patch:
+            patch.setattr(Phi4MultimodalAudioEmbedding, "forward", lambda *a, **k: embed(*a, **k) * 1.01)
+            assert (io.family.oracle(io.encoder, extractor, wavs[0]).rows - ours).abs().max() > 100 * LM_ATOL
+        with monkeypatch.context() as patch:
+            one_row_short = lambda *a, audio_embed_sizes, **k: embed(*a, audio_embed_sizes=audio_embed_sizes - 1, **k)  # noqa: E731
+            patch.setattr(Phi4MultimodalAudioEmbedding, "forward", one_row_short)
+            assert "RuntimeError" in io.family.oracle(io.encoder, extractor, wavs[0]).error
+        with monkeypatch.context() as patch:
+            replace = Phi4MultimodalProcessor.replace_audio_token
+            patch.setattr(Phi4MultimodalProcessor, "replace_audio_token",
+                          lambda self, *a, **k: replace(self, *a, **k) + self.audio_token)  # fmt: skip
+            answer = io.family.oracle(io.encoder, extractor, wavs[0])
+            assert answer.placeholders == answer.count + 1 == ours.shape[0] + 1
+
+
+def test_processor_counts_with_the_extractors_helper(monkeypatch) -> None:
+    """The processor's placeholders come from the extractor's ``_compute_audio_embed_size`` (through its
+    ``audio_embed_sizes``): changing that helper changes the count."""
+    extractor = Phi4MultimodalFeatures().hf_extractor()
+    wav = noise(np.random.default_rng(2), 16000)
+    assert phi4.hf_placeholder_count(extractor, wav) == phi4_multimodal_rows(Phi4MultimodalFeatures().frames(16000))
+    helper = Phi4MultimodalFeatureExtractor._compute_audio_embed_size
+    monkeypatch.setattr(Phi4MultimodalFeatureExtractor, "_compute_audio_embed_size", lambda s, f: helper(s, f) + 1)
+    assert phi4.hf_placeholder_count(extractor, wav) == phi4_multimodal_rows(Phi4MultimodalFeatures().frames(16000)) + 1
+
+
+def test_lm_oracle_is_the_full_models_embedding(tmp_path) -> None:
+    """From a whole Phi4MultimodalForCausalLM checkpoint saved by transformers (sharded): only the tower and the speech
+    projection are read, and the oracle and encode_batch equal the full model's input embeddings at the audio tokens
+    (HF's real model forward, on the features its extractor gives one audio)."""
+    model = save_tiny_phi4_multimodal(tmp_path)
+    io = ContinuousAudioIO(encoder_hf_model_tag=str(tmp_path), weights="pretrained", dtype="float32")
+    assert io.returns == "lm" and io.feature_dim() == model.config.hidden_size
+    speech = {k: v for k, v in model.model.embed_tokens_extend.audio_embed.state_dict().items()
+              if k.startswith(phi4.SPEECH_PARTS)}  # fmt: skip
+    assert_holds_tower(io, speech)
+    extractor = io.features.hf_extractor()
+    captured = {}
+    hook = model.model.embed_tokens_extend.register_forward_hook(lambda m, a, out: captured.update(x=out))
+    try:
+        with torch.inference_mode():
+            for n in (16000, 1680, 704000):
+                wav = noise(np.random.default_rng(n), n)
+                out = extractor([wav], sampling_rate=16000, return_tensors="pt")
+                tokens = int(out["audio_embed_sizes"][0])
+                ids = torch.tensor([[0] + [TINY_AUDIO_TOKEN] * tokens + [0]])
+                model(input_ids=ids, audio_input_features=out["audio_input_features"],
+                      audio_embed_sizes=out["audio_embed_sizes"])  # fmt: skip
+                reference = captured["x"][ids == TINY_AUDIO_TOKEN]
+                oracle = io.family.oracle(io.encoder, extractor, wav)
+                assert oracle.placeholders == oracle.count == tokens
+                torch.testing.assert_close(oracle.rows, reference, rtol=0, atol=1e-6)
+                mel = torch.from_numpy(io.preprocess((wav, 16000))[1][1])[None]
+                ours = io.encode_batch(mel, torch.tensor([mel.shape[1]]))[0]
+                torch.testing.assert_close(ours, reference, rtol=0, atol=LM_ATOL)
+    finally:
+        hook.remove()
+
+
+def test_lm_loads_a_phi4_multimodal_model_saved_alone(tmp_path) -> None:
+    """The other layout: a Phi4MultimodalModel saved on its own keeps the audio embedding under
+    ``embed_tokens_extend.audio_embed.`` (no ``model.``); the same speech tensors load from it."""
+    model = save_tiny_phi4_multimodal(tmp_path / "whole").model
+    model.save_pretrained(tmp_path / "alone")
+    Phi4MultimodalFeatures().hf_extractor().save_pretrained(tmp_path / "alone")
+    io = ContinuousAudioIO(encoder_hf_model_tag=str(tmp_path / "alone"), weights="pretrained", dtype="float32")
+    speech = {k: v for k, v in model.embed_tokens_extend.audio_embed.state_dict().items()
+              if k.startswith(phi4.SPEECH_PARTS)}  # fmt: skip
+    assert_holds_tower(io, speech)
+
+
+@pytest.mark.parametrize("card", [TINY_PHI4_MULTIMODAL, "microsoft/Phi-4-multimodal-instruct"])
+def test_speech_embedding_is_hfs_audio_embedding_less_the_vision_projections(card: str) -> None:
+    """The module built for "lm" has exactly the tensors (names and shapes) of HF's own Phi4MultimodalAudioEmbedding
+    built from the same config, less the vision-speech projections; the LM width is the card's model_config."""
+    io = ContinuousAudioIO(encoder_hf_model_tag=card, weights="random", skip_init_encoder=True)
+    config = Phi4MultimodalConfig.from_dict(io.family.module_config(io.source.encoder_config, io.source.model_config))
+    with torch.device("meta"):
+        ours = phi4.Phi4MultimodalSpeechEmbedding(config).state_dict()
+        hf = Phi4MultimodalAudioEmbedding(config).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in hf.items() if "vision_speech" not in k}
+    tower = ContinuousAudioIO(encoder_hf_model_tag=card, weights="random", skip_init_encoder=True, returns="tower")
+    assert io.feature_dim() == io.source.model_config["hidden_size"] == config.hidden_size
+    assert tower.feature_dim() == io.source.encoder_config["hidden_size"]
+    if card != TINY_PHI4_MULTIMODAL:
+        assert (io.feature_dim(), tower.feature_dim()) == (3072, 1024)
+
+
+def test_lm_without_a_model_config_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"no model_config: returns='lm' needs.*use returns='tower'"):
+        FAMILY.view("lm").module_config(card_encoder_config(TINY_PHI4_MULTIMODAL), None)
+
+
+def test_lm_refuses_a_downsample_rate_hfs_speech_path_cannot_run(lm) -> None:
+    io, _, _, mel, lengths = lm
+    module = copy.deepcopy(io.encoder)
+    module.config.audio_config.downsample_rate = 2
+    for forward in (io.family.forward, io.family.reference_forward):
+        with pytest.raises(ValueError, match="downsample_rate=2"):
+            forward(module, mel, lengths)
+
+
+def test_lm_flop_rule_equals_torchs_counter_on_hfs_path() -> None:
+    """Tower + speech projection, one clip per call, as torch counts HF's Phi4MultimodalAudioEmbedding.forward."""
+    io = tiny_io(returns="lm", attn_implementation="eager")
+    assert phi4.attention_kernel(io.encoder.encoder.config, torch.device("cpu")) == "eager"  # countable matmuls
+    lengths = (37, 200, 4100)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        for m in lengths:
+            io.family.reference_forward(io.encoder, torch.zeros(1, m, N_MELS), torch.tensor([m]))
+    assert io.family.flops(io.encoder.config, lengths) == counter.get_total_flops()
+    tower = FAMILY.flops(io.encoder.encoder.config, lengths)
+    rows = sum(phi4_multimodal_rows(m) for m in lengths)
+    assert io.family.flops(io.encoder.config, lengths) - tower == 2 * rows * (32 * LM_WIDTH + LM_WIDTH * LM_WIDTH)
+
+
+def test_lm_dummy_forward_reaches_the_projection() -> None:
+    io = tiny_io(returns="lm")
+    out = io.dummy_forward(torch.zeros(1, dtype=torch.float64))
+    assert out.shape == (1, LM_WIDTH) and out.dtype == torch.float64
+    out.sum().backward()
+    assert all(p.grad is not None for p in io.encoder.parameters())  # every weight in the graph
+    assert io.encoder.down_proj_for_speech.weight.grad.abs().sum() > 0  # the projection really computes it
+    assert io.encoder.encoder.encoders[0].self_attn.v_proj.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------- returns="hidden_states"
+def hf_layer_inputs(encoder: torch.nn.Module, features: torch.Tensor) -> list[torch.Tensor]:
+    """Each HF conformer layer's input (forward pre-hooks), blocks back in a row and cut to the clip's rows, and the
+    tower's output: HF's own view of the stack, independent of which modules the oracle hooks."""
+    seen = []
+    hooks = [layer.register_forward_pre_hook(lambda m, args: seen.append(args[0])) for layer in encoder.encoders]
+    try:
+        output = encoder(features, None)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [s.reshape(1, -1, s.shape[-1])[:, : output.shape[1]][0] for s in seen] + [output[0]]
+
+
+@pytest.mark.parametrize("layers", [[0, -1], [1], [2, 0, 1]])
+def test_hidden_states_equal_hfs_per_layer(layers: list[int]) -> None:
+    """Per clip [len(layers), T, hidden_size], T = find_length = preprocess's T, each clip of a noise-padded batch
+    equal to HF's hidden states of the clip alone (clips past one 40 s block included); only the layers up to the
+    deepest one are built."""
+    io = tiny_io(returns="hidden_states", layers=layers)
+    assert len(io.encoder.encoders) == max(io.layers) and io.feature_dim() == 32
+    wavs, pre, mel, lengths = clips_and_batch(io)
+    extractor = io.features.hf_extractor()
+    with torch.inference_mode():
+        outs = io.encode_batch(mel, lengths)
+        for wav, p, out in zip(wavs, pre, outs, strict=True):
+            oracle = io.family.oracle(io.encoder, extractor, wav)
+            assert oracle.error is None, oracle.error
+            assert out.shape == (len(layers), p[1][0], 32) and oracle.count == io.find_length(len(wav)) == p[1][0]
+            torch.testing.assert_close(out, oracle.rows, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("frames", [100, 4009])
+def test_hidden_states_are_hfs_layer_inputs_and_tower_output(encoder, frames: int) -> None:
+    """The oracle's hidden state 0 is the first layer's input, i its output (= layer i + 1's input), the last the
+    tower's output, as HF runs them (a 4009-frame clip: two 500-row blocks, HF's second zero-padded)."""
+    mel, _ = random_padded_batch([frames], extra=0, n_mels=N_MELS)
+    with torch.inference_mode():
+        states = FAMILY.hf_hidden_states(encoder, mel, torch.tensor([frames]), (0, 1, 2))
+        expected = hf_layer_inputs(encoder, mel)
+    assert states.shape == (3, phi4_multimodal_rows(frames), 32)
+    for state, reference in zip(states, expected, strict=True):
+        torch.testing.assert_close(state, reference, rtol=0, atol=0)
+
+
+def test_hidden_states_mismatch_is_seen(monkeypatch) -> None:
+    """Our side skipping a layer, and HF's layer answering otherwise, each make the comparison fail."""
+    io = tiny_io(returns="hidden_states", layers=[1])
+    wavs, _, mel, lengths = clips_and_batch(io)
+    extractor = io.features.hf_extractor()
+    with torch.inference_mode():
+        good = io.encode_batch(mel, lengths)[0]
+        oracle = io.family.oracle(io.encoder, extractor, wavs[0])
+        torch.testing.assert_close(good, oracle.rows, rtol=0, atol=ATOL)
+        with monkeypatch.context() as patch:  # ours: the layer never runs
+            patch.setattr(phi4, "conformer_layer", lambda layer, hidden, *a: hidden)
+            assert (io.encode_batch(mel, lengths)[0] - oracle.rows).abs().max() > 100 * ATOL
+        with monkeypatch.context() as patch:  # HF's: its layer gives other values
+            layer_forward = Phi4MultimodalAudioConformerEncoderLayer.forward
+            patch.setattr(Phi4MultimodalAudioConformerEncoderLayer, "forward", lambda *a: layer_forward(*a) * 1.01)
+            assert (io.family.oracle(io.encoder, extractor, wavs[0]).rows - good).abs().max() > 100 * ATOL
+
+
+def test_hidden_states_dummy_forward_and_layer_zero() -> None:
+    """layers=[0] runs no layer (one stays built, as buffers, for HF's side): the subsampled rows."""
+    io = tiny_io(returns="hidden_states", layers=[0])
+    assert len(io.encoder.encoders) == 1 and not list(io.encoder.encoders.parameters())
+    out = io.dummy_forward(torch.zeros(1, dtype=torch.float16))
+    assert out.shape == (1, 1, 32) and out.dtype == torch.float16
+    assert io.encode_batch(torch.zeros(1, 4, N_MELS), torch.tensor([0]))[0].shape == (1, 0, 32)

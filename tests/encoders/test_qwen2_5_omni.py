@@ -6,22 +6,34 @@ packed forward on config variants (a bigger tower, 10-frame chunks whose pool pa
 chunk edges), every attention kernel, bf16/fp16, gradients and activation checkpointing. What
 every family shares (loading, oracle, lengths, padded batches, FLOPs vs torch) is in
 ``test_families.py``.
+
+The placeholders ``Qwen2_5OmniProcessor`` itself writes for a clip alone (built for text and audio by
+:func:`contaudio.encoders.processors.audio_only`) equal find_length, preprocess's T and encode_batch's rows for many
+N, and that check fails when either side counts otherwise.
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
-from helpers.batches import random_padded_batch
-from helpers.checkpoints import perturb_, tiny_audio_config
+from helpers.audio import noise
+from helpers.batches import padded_batch, random_padded_batch
+from helpers.checkpoints import TINY_QWEN_OMNI, card_extractor, perturb_, tiny_audio_config
+from transformers import Qwen2_5OmniProcessor
+from transformers.models.qwen2_5_omni import processing_qwen2_5_omni
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
 
 import contaudio.encoders.qwen2_5_omni as qwen2_5_omni
+from contaudio import ContinuousAudioIO
 from contaudio.encoders import get_family, packed
+from contaudio.encoders.oracle import extract_max_length
+from contaudio.encoders.processors import audio_only
 from contaudio.encoders.qwen2_5_omni import packed_forward, qwen2_5_omni_flops, qwen2_5_omni_rows
+from experiments.mutations import rows_off_by_one
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAMILY = get_family("qwen2_5_omni")
@@ -171,3 +183,106 @@ def test_flops_grow_with_a_tail_chunk_and_add_over_clips() -> None:
         config, [450]
     )  # HF config objects and tensors work too
     assert FAMILY.flops(config, [450, 7]) == qwen2_5_omni_flops(config, [450, 7])
+
+
+# ------------------------------------------------------------------ the placeholders Qwen2_5OmniProcessor writes
+HOP = 160
+SR = 16000
+PADDING_EXTRA = 9  # frames past the longest clip of a batch
+# 1-2 frames (0 rows), the first rows, the 200-frame chunk edges (positions restart), 30 s, and random N up to 60 s
+COUNT_HOPS = (1, 2, 3, 4, 5, 199, 200, 201, 399, 400, 401, 3000)
+COUNT_SAMPLES = sorted({1, *[k * HOP + d for k in COUNT_HOPS for d in (-1, 0, 1)],
+                        *np.random.default_rng(7).integers(1, 60 * SR, size=4).tolist()})  # fmt: skip
+LONGER_THAN_THE_PROCESSOR = 300 * SR + 16001  # past the extractor's n_samples (300 s), which the processor truncates to
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    """HF's own extractor, configured as the tiny card says."""
+    return card_extractor(TINY_QWEN_OMNI)
+
+
+def count_mismatches(io: ContinuousAudioIO, extractor, sizes: list[int]) -> list[tuple]:
+    """Each N where the placeholders of HF's processor (the family's ``hf_placeholders``), find_length, preprocess's T
+    and encode_batch's rows (one padded batch of all the clips) disagree: ``(N, {name: count})``."""
+    rng = np.random.default_rng(1)
+    wavs = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in sizes]
+    processed = [io.preprocess((wav, SR))[1] for wav in wavs]
+    mel, lengths = padded_batch([m for _, m in processed], extra=PADDING_EXTRA, fill=1.0)
+    with torch.inference_mode():
+        outs = io.encode_batch(mel, lengths)
+    found = []
+    for n, wav, (rows, _), out in zip(sizes, wavs, processed, outs, strict=True):
+        counts = {"placeholders": io.family.hf_placeholders(extractor, wav), "find_length": io.find_length(n),
+                  "preprocess": rows, "encode_batch": out.shape[0]}  # fmt: skip
+        if len(set(counts.values())) > 1:
+            found.append((n, counts))
+    return found
+
+
+def test_placeholders_equal_every_count_for_many_n(tiny_io, extractor) -> None:
+    assert tiny_io.returns == "lm" and tiny_io.family is FAMILY  # the tower's rows are the LM's
+    assert not count_mismatches(tiny_io, extractor, COUNT_SAMPLES)
+    assert [tiny_io.find_length(n) for n in (1, 2 * HOP, 2 * HOP + 1)] == [0, 0, 1]
+
+
+def test_a_clip_longer_than_300_s_is_counted_whole(tiny_io, extractor) -> None:
+    """The oracle's call (padded past the end): the whole clip's count; the processor's default would truncate."""
+    wav = np.zeros(LONGER_THAN_THE_PROCESSOR, np.float32)
+    assert FAMILY.hf_placeholders(extractor, wav) == tiny_io.find_length(len(wav)) == 7525
+    processor = qwen2_5_omni.qwen2_5_omni_processor(extractor)
+    out = processor(text=processor.audio_token, audio=wav, return_tensors="pt")  # its defaults: cut at 300 s
+    assert int((out["input_ids"] == processor.tokenizer.convert_tokens_to_ids(processor.audio_token)).sum()) == 7500
+
+
+def test_the_oracle_keeps_the_processors_count(tiny_io, extractor, rng) -> None:
+    with torch.inference_mode():
+        answer = FAMILY.oracle(tiny_io.encoder, extractor, noise(rng, 5 * SR + 77))
+        too_short = FAMILY.oracle(tiny_io.encoder, extractor, noise(rng, 2 * HOP))
+    assert answer.placeholders == answer.count == tiny_io.find_length(5 * SR + 77) == 125
+    if too_short.error is None:  # 2 frames: no row, no placeholder (HF's tower raised here before transformers 5.25)
+        assert too_short.count == too_short.placeholders == tiny_io.find_length(2 * HOP) == 0
+    else:
+        assert too_short.placeholders is None  # counted only where HF's model path answered
+
+
+def test_the_count_check_fails_when_hfs_processor_counts_otherwise(tiny_io, extractor, monkeypatch) -> None:
+    sizes = [3 * HOP + 1, 16000, 32001]
+    count = processing_qwen2_5_omni._get_feat_extract_output_lengths
+    monkeypatch.setattr(processing_qwen2_5_omni, "_get_feat_extract_output_lengths", lambda n: count(n) + 1)
+    assert [n for n, _ in count_mismatches(tiny_io, extractor, sizes)] == sizes
+
+
+def test_the_count_check_fails_when_ours_counts_otherwise(tiny_io, extractor, monkeypatch) -> None:
+    """One row more, in the rule and the forward alike (contaudio agrees with itself; only HF's count tells)."""
+    sizes = [3 * HOP + 1, 16000, 32001]
+    for name, method in rows_off_by_one(tiny_io.family).items():
+        monkeypatch.setattr(tiny_io.family, name, method)
+    assert [n for n, _ in count_mismatches(tiny_io, extractor, sizes)] == sizes
+
+
+# ------------------------------------------------------------------ audio_only: HF's processor without vision
+def test_audio_only_is_hfs_processor_with_hfs_audio_path(extractor, rng) -> None:
+    processor = qwen2_5_omni.qwen2_5_omni_processor(extractor)
+    assert isinstance(processor, Qwen2_5OmniProcessor) and processor.feature_extractor is extractor
+    wav = noise(rng, 16001)
+    out = processor(text=processor.audio_token, audio=wav, return_tensors="pt")
+    features, frames = extract_max_length(extractor, wav)  # the extractor as the processor documents its call
+    assert torch.equal(out["input_features"], features) and int(out["feature_attention_mask"].sum()) == frames
+
+
+def test_audio_only_refuses_images_and_keeps_hfs_other_checks(extractor) -> None:
+    processor = qwen2_5_omni.qwen2_5_omni_processor(extractor)
+    with pytest.raises((AttributeError, ValueError), match="takes text and audio only"):
+        processor(text=processor.image_token, images=[np.zeros((28, 28, 3), np.uint8)])
+    assert "Qwen2_5OmniProcessor" in repr(processor)  # HF's serialisation (a deep copy) still works
+    with pytest.raises(TypeError, match="feature_extractor"):  # HF's class check of every other argument stays
+        audio_only(Qwen2_5OmniProcessor, "not an extractor", processor.tokenizer)
+
+    class WithADecoderTokenizer(Qwen2_5OmniProcessor):
+        def __init__(self, image_processor=None, video_processor=None, feature_extractor=None, tokenizer=None,
+                     decoder_tokenizer=None) -> None:  # fmt: skip
+            super().__init__(image_processor, video_processor, feature_extractor, tokenizer)
+
+    with pytest.raises(ValueError, match="'decoder_tokenizer'"):
+        audio_only(WithADecoderTokenizer, extractor, processor.tokenizer)

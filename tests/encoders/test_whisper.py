@@ -6,6 +6,10 @@ HF's extractor (clip zero-padded to whole 30 s windows, cut as Voxtral's process
 loud, which differs from ours only through the <= 2 frames whose STFT window straddles the
 clip's end. What every family shares (loading a whole checkpoint, oracle, lengths, padded
 batches, FLOPs vs torch) is in ``test_families.py``.
+
+Modes: Whisper has no LM, so ``returns="lm"`` is refused and ``returns=None`` means ``"tower"``;
+``returns="hidden_states"`` is checked against HF's ``output_hidden_states=True`` on the whole (untrimmed)
+encoder, whose last entry is tied to ``last_hidden_state`` (after ``layer_norm``) and whose others are raw.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import numpy as np
 import pytest
 import torch
 from helpers.audio import noise
+from helpers.batches import padded_batch
 from helpers.checkpoints import TINY_WHISPER, assert_holds_tower, card_extractor, save_tiny_whisper
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from contaudio import ContinuousAudioIO
-from contaudio.encoders.whisper import whisper_rows
+from contaudio.encoders import whisper as whisper_module
+from contaudio.encoders.registry import HiddenStatesView
+from contaudio.encoders.whisper import FinalNormHiddenStates, whisper_rows
 from contaudio.encoders.windows import WINDOW_FRAMES, ClipTooLongError
 from contaudio.lengths import mel_frames
 
@@ -144,3 +151,99 @@ def test_loads_from_a_sharded_checkpoint_and_an_encoder_only_export(tiny_whisper
         io = ContinuousAudioIO(encoder_hf_model_tag=str(directory), weights="pretrained", dtype="float32")
         assert io.family.name == "whisper"
         assert_holds_tower(io, encoder.state_dict(), name)
+
+
+# ------------------------------------------------------------------------------------------------ returns= modes
+HIDDEN_LAYERS = [[0, 1, 2], [-1], [1], [2, 0]]  # the tiny encoder has 2 layers: 3 hidden states
+HIDDEN_SAMPLES = [1601, 5 * 16000, WINDOW_SAMPLES + 16000]  # 0.1 s, 5 s and two windows (long_clip="windows")
+
+
+def test_lm_is_refused_and_the_default_is_the_tower() -> None:
+    with pytest.raises(ValueError, match=r"no language model.*returns='tower'"):
+        ContinuousAudioIO(encoder_hf_model_tag=TINY_WHISPER, weights="random", returns="lm", skip_init_encoder=True)
+    io = ContinuousAudioIO(encoder_hf_model_tag=TINY_WHISPER, weights="random", skip_init_encoder=True)
+    assert io.returns == "tower" and io.family.mode == "tower" and io.find_length(16000) == 50
+
+
+def hidden_io(directory, layers: list[int]) -> ContinuousAudioIO:
+    return ContinuousAudioIO(encoder_hf_model_tag=str(directory), weights="pretrained", dtype="float32",
+                             returns="hidden_states", layers=layers, long_clip="windows")  # fmt: skip
+
+
+def hf_hidden_states(encoder: WhisperEncoder, wav: np.ndarray, layers: tuple[int, ...]) -> torch.Tensor:
+    """HF's whole encoder with ``output_hidden_states=True`` on the clip's 30 s windows: ``[L, rows, d]``, each window
+    cut to HF's valid rows."""
+    features, frames = hf_extract(wav, padding="longest", pad_to_multiple_of=WINDOW_SAMPLES, truncation=False)
+    windows = features[0].reshape(features.shape[1], -1, WINDOW_FRAMES).transpose(0, 1)
+    with torch.inference_mode():
+        states = encoder(windows, output_hidden_states=True).hidden_states
+    assert len(states) == encoder.config.encoder_layers + 1
+    valid = encoder._get_feat_extract_output_lengths(torch.tensor([min(WINDOW_FRAMES, frames - s) for s in
+                                                                   range(0, frames, WINDOW_FRAMES)]))  # fmt: skip
+    return torch.stack([torch.cat([states[i][k, :n] for k, n in enumerate(valid.tolist())]) for i in layers])
+
+
+def check_hidden_states(io: ContinuousAudioIO, encoder: WhisperEncoder, wavs: list[np.ndarray], rng) -> None:
+    """A noise-padded batch of ``wavs``: find_length == preprocess's T == encode_batch's rows == HF's (whole encoder
+    and the family's oracle on the trimmed one), values within ATOL of both."""
+    processed = [io.preprocess((wav, 16000))[1] for wav in wavs]
+    mel, lengths = padded_batch([m for _, m in processed], extra=11)
+    past_end = torch.arange(mel.shape[1]) >= lengths[:, None]
+    mel[past_end] = torch.from_numpy(rng.standard_normal((int(past_end.sum()), mel.shape[2])).astype(np.float32))
+    with torch.inference_mode():
+        outs = io.encode_batch(mel, lengths)
+    extractor = io.features.hf_extractor()
+    for wav, (rows, _), ours in zip(wavs, processed, outs, strict=True):
+        ref = hf_hidden_states(encoder, wav, io.layers)
+        with torch.inference_mode():
+            oracle = io.family.oracle(io.encoder, extractor, wav)
+        assert oracle.error is None, oracle.error
+        assert io.find_length(len(wav)) == rows == ours.shape[1] == ref.shape[1] == oracle.count, len(wav)
+        assert ours.shape == (len(io.layers), rows, io.feature_dim())
+        torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+        torch.testing.assert_close(oracle.rows, ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("layers", HIDDEN_LAYERS, ids=str)
+def test_hidden_states_equal_hfs_output_hidden_states(tiny_whisper_checkpoint, hf_encoder, rng, layers) -> None:
+    directory, _ = tiny_whisper_checkpoint
+    io = hidden_io(directory, layers)
+    assert len(io.encoder.layers) == max(io.layers)  # only the layers up to the deepest asked for
+    assert isinstance(io.encoder.layer_norm, torch.nn.Identity) == (max(io.layers) < 2)
+    wavs = [ends_in_silence(rng, n) for n in HIDDEN_SAMPLES]
+    check_hidden_states(io, hf_encoder, wavs, rng)
+
+
+def test_hidden_states_check_fails_when_either_side_breaks(tiny_whisper_checkpoint, hf_encoder, rng, monkeypatch):
+    """The comparison above fails with a fault on our side (positions dropped from the first layer's input; the
+    final norm kept on a trimmed encoder, so HF's last entry of it would be normed) and on HF's (its encoder's
+    hidden states moved)."""
+    directory, _ = tiny_whisper_checkpoint
+    wavs = [ends_in_silence(rng, 16000)]
+    check_hidden_states(hidden_io(directory, [0, 1]), hf_encoder, wavs, rng)  # the baseline passes
+    with monkeypatch.context() as patch:
+        patch.setattr(whisper_module, "embed_windows", embed_without_positions)
+        with pytest.raises(AssertionError):
+            check_hidden_states(hidden_io(directory, [0, 1]), hf_encoder, wavs, rng)
+    with monkeypatch.context() as patch:
+        patch.setattr(FinalNormHiddenStates, "trim", HiddenStatesView.trim)
+        with pytest.raises(AssertionError):
+            check_hidden_states(hidden_io(directory, [1]), hf_encoder, wavs, rng)
+    forward = WhisperEncoder.forward
+
+    def moved(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if out.hidden_states is not None:
+            out.hidden_states = tuple(state + 1e-3 for state in out.hidden_states)
+        return out
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WhisperEncoder, "forward", moved)
+        with pytest.raises(AssertionError):
+            check_hidden_states(hidden_io(directory, [0, 1]), hf_encoder, wavs, rng)
+
+
+def embed_without_positions(encoder, windows: torch.Tensor) -> torch.Tensor:
+    """The injected bug: the first layer's input without the learned positions."""
+    conv = torch.nn.functional.gelu
+    return conv(encoder.conv2(conv(encoder.conv1(windows)))).transpose(1, 2)

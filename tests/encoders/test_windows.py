@@ -1,8 +1,10 @@
 """Fixed-window machinery: the silence level the extractor pads with, window splitting, HF's window layout,
-the window check and the long-clip policy.
+the window check, the long-clip policy, and the processor-driven oracle of the families whose processor cuts
+the waveform (with the tiny tokenizer it is built with).
 
 The per-family checks (rules, long clips and a clip cut off loud against HF's models) are in
-``test_whisper.py``, ``test_qwen2_audio.py`` and ``test_voxtral.py``.
+``test_whisper.py``, ``test_qwen2_audio.py``, ``test_voxtral.py``, ``test_audioflamingo3.py`` and
+``test_glmasr.py``.
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ import torch
 from helpers.audio import noise
 from helpers.checkpoints import TINY_QWEN_OMNI, TINY_WHISPER, card_encoder_config, card_extractor
 from transformers import WhisperConfig
+from transformers.models.audioflamingo3.processing_audioflamingo3 import AudioFlamingo3Processor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from contaudio import ContinuousAudioIO
 from contaudio.encoders import get_family
+from contaudio.encoders.tokenizers import tiny_tokenizer
 from contaudio.encoders.windows import (
     ClipTooLongError,
     check_clip_frames,
     check_window,
     hf_windows,
+    run_processor,
     silence_level,
     split_into_windows,
     window_frame_counts,
@@ -95,3 +100,57 @@ def test_window_check_refuses_an_encoder_of_another_window() -> None:
     check_window(WhisperEncoder(WhisperConfig(**config)))
     with pytest.raises(ValueError, match=r"takes 1000 mel frames \(max_source_positions=500\).*need 3000"):
         check_window(WhisperEncoder(WhisperConfig(**{**config, "max_source_positions": 500})))
+
+
+def test_tiny_tokenizer_gives_each_special_token_one_id_adjacent_or_not() -> None:
+    tok = tiny_tokenizer(["<sound>", "<|pad|>"])
+    ids = [tok.convert_tokens_to_ids(t) for t in ("<unk>", "<pad>", "<sound>", "<|pad|>")]
+    assert ids == [0, 1, 2, 3] and tok.pad_token_id == 1
+    assert tok("say<sound><sound> <|pad|>x")["input_ids"] == [0, 2, 2, 3, 0]
+    with pytest.raises(ValueError, match="must be distinct"):
+        tiny_tokenizer(["<sound>", "<sound>"])
+    with pytest.raises(ValueError, match="differ from '<unk>' and '<pad>'"):
+        tiny_tokenizer(["<pad>"])
+
+
+AF3 = get_family("audioflamingo3")
+SR = 16000
+WINDOW_SAMPLES = 30 * SR
+
+
+@pytest.fixture(scope="module")
+def af3_io() -> ContinuousAudioIO:
+    return ContinuousAudioIO(encoder_hf_model_tag="contaudio/tiny-audioflamingo3", weights="random", dtype="float32",
+                             long_clip="windows", returns="tower")  # fmt: skip
+
+
+def test_run_processor_is_the_processors_own_cut_masks_and_prompt(af3_io) -> None:
+    """30 s + 1 sample: two windows (the second holding one frame), as AudioFlamingo3Processor cuts them."""
+    processor = AF3.hf_processor(af3_io.features.hf_extractor())
+    assert isinstance(processor, AudioFlamingo3Processor) and processor.audio_token == "<sound>"
+    audio = run_processor(processor, np.zeros(WINDOW_SAMPLES + 1, np.float32))
+    assert audio.input_features.shape == (2, 128, 3000)
+    assert audio.input_features_mask.sum(-1).tolist() == [3000, 1]
+    assert audio.placeholders == af3_io.find_length(WINDOW_SAMPLES + 1) == 750
+
+
+def test_the_oracle_does_not_follow_contaudios_cuts_waveform(af3_io, rng, monkeypatch) -> None:
+    """The oracle is HF's processor: switching contaudio's own cut off leaves HF's answer unchanged."""
+    wav = noise(rng, 35 * SR)
+    wav[:WINDOW_SAMPLES] *= 100.0
+    with torch.inference_mode():
+        before = AF3.oracle(af3_io.encoder, af3_io.features.hf_extractor(), wav)
+        monkeypatch.setattr(type(AF3), "cuts_waveform", False)
+        after = AF3.oracle(af3_io.encoder, af3_io.features.hf_extractor(), wav)
+    assert after.error is None and after.count == before.count == 875
+    assert torch.equal(before.rows, after.rows)
+
+
+def test_an_error_in_the_processor_is_recorded_not_hidden(af3_io, monkeypatch) -> None:
+    def refuse(self, audio, **kwargs):
+        raise RuntimeError("processor broke")
+
+    monkeypatch.setattr(AudioFlamingo3Processor, "_process_audio", refuse)
+    answer = AF3.oracle(af3_io.encoder, af3_io.features.hf_extractor(), np.zeros(SR, np.float32))
+    assert answer.rows is None and answer.placeholders is None
+    assert answer.error == "RuntimeError: processor broke"

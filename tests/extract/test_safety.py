@@ -207,6 +207,7 @@ def test_a_run_where_every_clip_fails_exits_non_zero(corpus, tmp_path, capsys, m
         ("verify_with_lengths", "--verify re-encodes stored features"),
         ("card_without_random_weights", "test card without weights; use weights='random'"),
         ("another_configuration", "another configuration"),
+        ("hidden_states", "extract stores one [T, D] matrix per clip; returns='hidden_states'"),
     ],
 )
 def test_refusals_are_one_line_before_the_encoder(corpus, extracted, tmp_path, capsys, no_encoder, case, fragment):
@@ -221,6 +222,8 @@ def test_refusals_are_one_line_before_the_encoder(corpus, extracted, tmp_path, c
     elif case == "another_configuration":
         shutil.copytree(extracted, out)
         extra = ["--store-dtype", "bf16"]
+    elif case == "hidden_states":
+        extra = ["--returns", "hidden_states", "--layers", "-1"]
     tiny = [a for a in TINY if a not in ("--weights", "random")] if case.startswith("card") else TINY
     with pytest.raises(SystemExit) as exit_info:
         main(["extract", str(corpus.manifest), "--out", str(out), *tiny, *extra])

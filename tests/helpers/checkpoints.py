@@ -46,10 +46,12 @@ def card_extractor(tag: str):
     import transformers
 
     from contaudio.encoders import find_card
+    from contaudio.features.torchaudio_mel import torchaudio_for_hf_granite_speech
 
     raw = dict(find_card(tag).feature_extractor)
     extractor_class = getattr(transformers, raw.pop("feature_extractor_type", "WhisperFeatureExtractor"))
-    return extractor_class(**raw)
+    with torchaudio_for_hf_granite_speech():  # Granite's needs torchaudio: contaudio's stand-in where it is missing
+        return extractor_class(**raw)
 
 
 def perturb_(module: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
@@ -301,3 +303,67 @@ def assert_holds_tower(io, reference: dict[str, torch.Tensor], what: str = "") -
     assert set(ours) == set(reference) - set(io.dropped_weights), what
     for key, tensor in ours.items():
         assert torch.equal(tensor, reference[key]), (what, key)
+
+
+# --------------------------------------------------------------------------- processors and repository layouts
+def word_tokenizer(special_tokens, **named_tokens):
+    """A tiny word-level tokenizer (``<unk>``, ``<pad>`` and ``special_tokens``, each one id) built in code, for saving
+    a model's processor without its hub tokenizer; ``named_tokens`` (e.g. ``audio_token="<|AUDIO|>"``) become the
+    tokenizer's named special tokens, which some processors read."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = ["<unk>", "<pad>", *special_tokens]
+    backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(tokens)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.add_special_tokens(tokens)
+    extra = {"extra_special_tokens": named_tokens} if named_tokens else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", **extra)
+
+
+def read_weights(directory) -> dict[str, torch.Tensor]:
+    """Every tensor of a saved checkpoint (sharded or one file), by its key in the files."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(Path(directory).glob("*.safetensors")):
+        state.update(load_file(shard))
+    return state
+
+
+def relayout(source, target, rename: Callable[[str], str], config: dict, keep=("preprocessor_config.json",)) -> None:
+    """Write ``source``'s weights into ``target`` as one ``model.safetensors`` with every key passed through
+    ``rename``, ``config`` as its config.json, and the files named in ``keep`` copied over: a checkpoint laid out
+    the way another repository is."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    state = {rename(key): tensor.contiguous() for key, tensor in read_weights(source).items()}
+    save_file(state, target / "model.safetensors", metadata={"format": "pt"})
+    (target / "config.json").write_text(json.dumps(config))
+    for name in keep:
+        if (source / name).is_file():
+            shutil.copy(source / name, target / name)
+
+
+def rename_prefixes(mapping: dict[str, str]) -> Callable[[str], str]:
+    """A key renamer: the first prefix of ``mapping`` that ``key`` starts with is replaced; other keys unchanged.
+
+    >>> rename_prefixes({"model.audio_tower.": "audio_tower."})("model.audio_tower.conv1.weight")
+    'audio_tower.conv1.weight'
+    """
+
+    def rename(key: str) -> str:
+        for old, new in mapping.items():
+            if key.startswith(old):
+                return new + key[len(old) :]
+        return key
+
+    return rename

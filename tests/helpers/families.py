@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from contaudio.encoders import UNAVAILABLE
+from contaudio.encoders import FAMILIES, UNAVAILABLE
+from contaudio.features.torchaudio_mel import torchaudio_for_hf_granite_speech
 from helpers import checkpoints as ck
 
 
@@ -54,11 +55,12 @@ def extractor_output(card: str, wav: np.ndarray, **kwargs: object) -> tuple[torc
     return out["input_features"], out["attention_mask"]
 
 
-def thinker_rows(card: str) -> Callable[[nn.Module, np.ndarray], torch.Tensor]:
-    """``thinker.get_audio_features`` of a whole Qwen-Omni model on the processor's max_length features."""
+def thinker_rows(card: str, **padding: object) -> Callable[[nn.Module, np.ndarray], torch.Tensor]:
+    """``thinker.get_audio_features`` of a whole Qwen-Omni model on the features its processor gives the clip alone
+    (``padding``: Qwen2.5-Omni's processor pads to max_length, Qwen3-Omni's ``padding=True, truncation=False``)."""
 
     def rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
-        features, mask = extractor_output(card, wav, padding="max_length")
+        features, mask = extractor_output(card, wav, **padding)
         return model.thinker.get_audio_features(features, feature_attention_mask=mask).last_hidden_state
 
     return rows
@@ -118,7 +120,8 @@ def phi4_multimodal_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
 def granite_speech_lm_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
     """GraniteSpeechForConditionalGeneration.forward on one audio as its processor prepares it, with as many audio
     tokens as the processor counts (input_features_mask): the projector rows the model scatters into the LM input."""
-    out = ck.card_extractor(ck.TINY_GRANITE_SPEECH)([torch.from_numpy(wav)])
+    with torchaudio_for_hf_granite_speech():  # on torchaudio, or contaudio's stand-in where torchaudio is missing
+        out = ck.card_extractor(ck.TINY_GRANITE_SPEECH)([torch.from_numpy(wav)])
     tokens = int(out["input_features_mask"].sum())
     captured = {}
     hook = model.model.language_model.register_forward_pre_hook(
@@ -185,9 +188,10 @@ def gemma3n_rows(model: nn.Module, wav: np.ndarray) -> torch.Tensor:
 WINDOW_LENGTHS = (3000, 100, 3500)  # a full window, a short clip (one window), a 35 s clip (two)
 FAMILY_CASES = (
     FamilyCase("qwen2_5_omni", ck.TINY_QWEN_OMNI, "tiny_qwen_omni", ck.save_tiny_qwen2_5_omni,
-               "thinker.model.audio_tower", thinker_rows(ck.TINY_QWEN_OMNI), (200, 400, 1000)),
+               "thinker.model.audio_tower", thinker_rows(ck.TINY_QWEN_OMNI, padding="max_length"), (200, 400, 1000)),
     FamilyCase("qwen3_omni", ck.TINY_QWEN3_OMNI, "tiny_qwen3_omni", ck.save_tiny_qwen3_omni,
-               "thinker.model.audio_tower", thinker_rows(ck.TINY_QWEN3_OMNI), (37, 200, 250, 1013)),
+               "thinker.model.audio_tower", thinker_rows(ck.TINY_QWEN3_OMNI, padding=True, truncation=False),
+               (37, 200, 250, 1013)),
     FamilyCase("qwen2_audio", ck.TINY_QWEN2_AUDIO, "tiny_qwen2_audio", ck.save_tiny_qwen2_audio, "model.audio_tower",
                qwen2_audio_rows, WINDOW_LENGTHS),
     FamilyCase("whisper", ck.TINY_WHISPER, "tiny_whisper", ck.save_tiny_whisper, "model.encoder", whisper_rows,
@@ -217,6 +221,31 @@ def needs_family(family: str) -> pytest.MarkDecorator:
 
 
 CASE_PARAMS = [pytest.param(case, marks=needs_family(case.family)) for case in FAMILY_CASES]
+
+# The table's column per returns= mode: how the experiments are told to run in it (Hydra overrides).
+MODE_OVERRIDES = {
+    "lm": ("encoder.returns=lm",),
+    "tower": ("encoder.returns=tower",),
+    "hidden_states": ("encoder.returns=hidden_states", "encoder.layers=[0,1]"),
+}
+SAME_AS_LM = "same as lm"  # a family whose tower's rows are the LM's has one module for both: one column
+
+
+def family_modes(family: str) -> tuple[str, ...]:
+    """The modes a family's column set holds: ``"lm"`` where the model has an LM, ``"tower"`` where its rows differ
+    from the LM's (the tower before a projector), and ``"hidden_states"`` for every family."""
+    if (found := FAMILIES.get(family)) is None:  # unavailable here: every mode, each skipped with the reason
+        return tuple(MODE_OVERRIDES)
+    lm = () if found.lm_view is None else ("lm",)
+    tower = () if found.lm_view == "tower" else ("tower",)
+    return (*lm, *tower, "hidden_states")
+
+
+MODE_PARAMS = [
+    pytest.param(case, mode, marks=needs_family(case.family), id=f"{case.family}-{mode}")
+    for case in FAMILY_CASES
+    for mode in family_modes(case.family)
+]
 
 
 class UnavailableFamilyFile(pytest.File):
