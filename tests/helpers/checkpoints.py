@@ -367,3 +367,16 @@ def rename_prefixes(mapping: dict[str, str]) -> Callable[[str], str]:
         return key
 
     return rename
+
+
+INLINE_PROMPT = "the installed transformers' processor expands the prompt inline, not through replace_audio_token"
+
+
+def writes_placeholders_through(processor_class: type, method: str = "replace_audio_token") -> bool:
+    """Whether ``processor_class.__call__`` writes its audio placeholders through ``method`` in the installed
+    transformers (5.25's processors do; 5.14.1's have the method but expand the prompt inline): a test injecting a
+    fault there checks something only where it does."""
+    import inspect
+
+    caller = next(klass for klass in inspect.getmro(processor_class) if "__call__" in vars(klass))
+    return f"self.{method}(" in inspect.getsource(caller)  # the class whose __call__ runs: does it call the method?
