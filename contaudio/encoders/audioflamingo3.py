@@ -61,7 +61,7 @@ from contaudio.benchmark import FLOPS_PER_MAC
 from contaudio.encoders.oracle import ProjectorFreeHost, pick_hidden_states, select_rows
 from contaudio.encoders.packed import WindowLayout, attention_kernel, windowed_hidden_states
 from contaudio.encoders.qwen2_audio import masked_window_forward, qwen2_audio_rows
-from contaudio.encoders.registry import EncoderFamily, HiddenStatesView, IntOrTensor, register
+from contaudio.encoders.registry import PROJECTOR_LAYOUTS, EncoderFamily, HiddenStatesView, IntOrTensor, register
 from contaudio.encoders.whisper import window_rows_of
 from contaudio.encoders.windows import (
     LARGE_V3_FEATURES,
@@ -218,10 +218,7 @@ class AudioFlamingo3LM(AudioFlamingo3):
     mode = "lm"
     encoder_class = AudioFlamingo3AudioTower
     config_class = AudioFlamingo3Config
-    weight_prefixes = (
-        {"audio_tower.": "audio_tower.", "multi_modal_projector.": "multi_modal_projector."},  # the hub's names
-        {"model.audio_tower.": "audio_tower.", "model.multi_modal_projector.": "multi_modal_projector."},  # 5.x
-    )
+    weight_prefixes = PROJECTOR_LAYOUTS  # the hub's names, then transformers 5.x's
     returns = (
         "AudioFlamingo3Model.get_audio_features(...).pooler_output: the tower's pooled rows (25 Hz) of every 30 s "
         "window through multi_modal_projector, LM width; as many as the processor's <sound> placeholders"

@@ -58,7 +58,7 @@ from transformers.models.whisper.modeling_whisper import WhisperPreTrainedModel
 
 from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, config_value
 from contaudio.encoders.oracle import ProjectorFreeHost, pick_hidden_states, select_rows
-from contaudio.encoders.registry import EncoderFamily, HiddenStatesView, IntOrTensor, register
+from contaudio.encoders.registry import PROJECTOR_LAYOUTS, EncoderFamily, HiddenStatesView, IntOrTensor, register
 from contaudio.encoders.whisper import FinalNormHiddenStates, window_rows_of
 from contaudio.encoders.windows import (
     LARGE_V3_FEATURES,
@@ -253,10 +253,7 @@ class GlmAsrLM(GlmAsr):
     mode = "lm"
     encoder_class = GlmAsrAudioTower
     config_class = GlmAsrConfig
-    weight_prefixes = (
-        {"audio_tower.": "audio_tower.", "multi_modal_projector.": "multi_modal_projector."},  # the hub's names
-        {"model.audio_tower.": "audio_tower.", "model.multi_modal_projector.": "multi_modal_projector."},  # 5.x
-    )
+    weight_prefixes = PROJECTOR_LAYOUTS  # the hub's names, then transformers 5.x's
     returns = (
         "GlmAsrModel.get_audio_features(...).pooler_output: the tower's rows of every 30 s window merged 4 into one "
         "and projected to the LM width (12.5 Hz); as many as the processor's audio placeholders"

@@ -67,7 +67,7 @@ from contaudio.encoders.packed import (
     to_device,
     windowed_hidden_states,
 )
-from contaudio.encoders.registry import IntOrTensor, register
+from contaudio.encoders.registry import PROJECTOR_LAYOUTS, IntOrTensor, register
 from contaudio.encoders.tokenizers import tiny_tokenizer
 from contaudio.encoders.whisper import window_rows_of
 from contaudio.encoders.windows import (
@@ -353,10 +353,7 @@ class Qwen2AudioLM(Qwen2Audio):
     mode = "lm"
     encoder_class = Qwen2AudioAudioTower
     config_class = Qwen2AudioConfig
-    weight_prefixes = (
-        {"audio_tower.": "audio_tower.", "multi_modal_projector.": "multi_modal_projector."},  # the hub's names
-        {"model.audio_tower.": "audio_tower.", "model.multi_modal_projector.": "multi_modal_projector."},  # 5.x
-    )
+    weight_prefixes = PROJECTOR_LAYOUTS  # the hub's names, then transformers 5.x's
     returns = (
         "what Qwen2AudioModel.forward splices into the LM: the tower's pooled rows through multi_modal_projector "
         "(25 Hz, LM width); as many as Qwen2AudioProcessor's audio placeholders"

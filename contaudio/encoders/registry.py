@@ -44,6 +44,7 @@ from contaudio.lengths import IntOrTensor
 
 __all__ = [
     "FAMILIES",
+    "PROJECTOR_LAYOUTS",
     "RETURNS",
     "TRANSFORMERS_SINCE",
     "UNAVAILABLE",
@@ -60,6 +61,12 @@ __all__ = [
 ]
 
 WeightLayout = str | Mapping[str, str]  # a key prefix, or {checkpoint prefix: encoder prefix}
+# An audio tower with the model's multi_modal_projector (a returns="lm" view): the hub's names, then the names
+# transformers 5.x saves (under ``model.``)
+PROJECTOR_LAYOUTS: tuple[WeightLayout, ...] = (
+    {"audio_tower.": "audio_tower.", "multi_modal_projector.": "multi_modal_projector."},
+    {"model.audio_tower.": "audio_tower.", "model.multi_modal_projector.": "multi_modal_projector."},
+)
 
 
 class EncoderFamily(ABC):

@@ -57,10 +57,16 @@ from transformers.models.whisper.modeling_whisper import WhisperPreTrainedModel
 
 from contaudio.benchmark import FLOPS_PER_MAC
 from contaudio.encoders.oracle import ProjectorFreeHost, pick_hidden_states, select_rows
-from contaudio.encoders.registry import IntOrTensor, register
+from contaudio.encoders.registry import PROJECTOR_LAYOUTS, IntOrTensor, register
 from contaudio.encoders.tokenizers import PAD_TOKEN, UNK_TOKEN, tiny_tokenizer
 from contaudio.encoders.whisper import WhisperHiddenStates, window_rows_of
-from contaudio.encoders.windows import LARGE_V3_FEATURES, WINDOW_FRAMES, hf_windows, whisper_style_flops
+from contaudio.encoders.windows import (
+    LARGE_V3_FEATURES,
+    WINDOW_FRAMES,
+    hf_windows,
+    whisper_style_flops,
+    whole_model_config,
+)
 from contaudio.lengths import ceil_div
 
 ROWS_PER_WINDOW = WINDOW_FRAMES // 2  # 1500 tower rows per 30 s window (conv2 stride 2)
@@ -178,10 +184,7 @@ class VoxtralLM(Voxtral):
     mode = "lm"
     encoder_class = VoxtralAudioTower
     config_class = VoxtralConfig
-    weight_prefixes = (
-        {"audio_tower.": "audio_tower.", "multi_modal_projector.": "multi_modal_projector."},  # the hub's names
-        {"model.audio_tower.": "audio_tower.", "model.multi_modal_projector.": "multi_modal_projector."},  # modules
-    )
+    weight_prefixes = PROJECTOR_LAYOUTS  # the hub's names, then transformers 5.x's
     returns = (
         "VoxtralModel.get_audio_features(...).pooler_output: every 30 s window whole, 4 rows reshaped into one "
         "and projected to the LM width (12.5 Hz, 375 per window)"
@@ -196,15 +199,10 @@ class VoxtralLM(Voxtral):
 
     def module_config(self, encoder_config: dict[str, Any], model_config: dict[str, Any] | None) -> dict[str, Any]:
         """The whole ``VoxtralConfig`` dict: the model's config with ``audio_config`` = ``encoder_config``."""
-        if model_config is None or model_config.get("model_type") != MODEL_TYPE:
-            found = "none" if model_config is None else f"model_type {model_config.get('model_type')!r}"
-            raise ValueError(
-                f"voxtral: returns='lm' needs the whole Voxtral model's config (model_type {MODEL_TYPE!r}: its "
-                f"projector_hidden_act and text_config.hidden_size), but this checkpoint or card has {found} (a bare "
-                "audio-encoder export, or a card without 'model_config'). Use returns='tower' (the tower's 50 Hz "
-                "rows) or returns='hidden_states', or load the whole model's checkpoint"
-            )
-        return {**model_config, "audio_config": dict(encoder_config)}
+        return whole_model_config(
+            self.name, MODEL_TYPE, encoder_config, model_config, "projector_hidden_act and text_config.hidden_size",
+            model="Voxtral model",
+        )  # fmt: skip
 
     def output_dim(self, encoder_config: dict[str, Any]) -> int:
         """The LM width, ``text_config.hidden_size`` of the module config."""

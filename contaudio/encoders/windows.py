@@ -313,13 +313,19 @@ def placeholder_count(processor: ProcessorMixin, wav: np.ndarray) -> int:
 
 
 def whole_model_config(
-    family: str, model_type: str, encoder_config: dict[str, Any], model_config: dict[str, Any] | None, reads: str
+    family: str,
+    model_type: str,
+    encoder_config: dict[str, Any],
+    model_config: dict[str, Any] | None,
+    reads: str,
+    model: str = "model",
 ) -> dict[str, Any]:
     """The config dict of a model's audio half with its projector (``returns="lm"``): ``model_config`` (the
     checkpoint's config.json, or a card's ``model_config``) with its ``audio_config`` set to ``encoder_config``.
 
     ``reads``: what the projector takes from the model's config, for the error raised when ``model_config`` is not
     a whole ``model_type`` model's (a bare audio-encoder export, or a card without ``model_config``).
+    ``model``: how the error names the model ("Voxtral model").
 
     >>> whole_model_config("x", "xm", {"model_type": "xe"}, {"model_type": "xm", "text_config": {"hidden_size": 8}},
     ...                    "text_config.hidden_size")
@@ -328,7 +334,7 @@ def whole_model_config(
     if model_config is None or model_config.get("model_type") != model_type:
         found = "no model config" if model_config is None else f"model_type {model_config.get('model_type')!r}"
         raise ValueError(
-            f"{family}: returns='lm' needs the whole model's config (model_type {model_type!r}: its {reads}), but "
+            f"{family}: returns='lm' needs the whole {model}'s config (model_type {model_type!r}: its {reads}), but "
             f"this checkpoint or card has {found} (a bare audio-encoder export, or a card without 'model_config'). "
             "Use returns='tower' (the tower's rows) or returns='hidden_states', or load the whole model's checkpoint"
         )
