@@ -27,7 +27,7 @@ Modes (``returns=``):
   ``capture_outputs``) entry 0 is the first layer's input (the GELU convs; the rotary positions act inside
   attention), entry ``i`` layer ``i``'s output, and the last entry is tied to ``last_hidden_state``: the last
   layer's output after the final ``norm``. So ``norm`` stays when the last layer is asked for and becomes an
-  identity otherwise (:class:`~contaudio.encoders.whisper.FinalNormHiddenStates`).
+  identity otherwise (``final_norm``, :class:`~contaudio.encoders.registry.HiddenStatesView`).
 
 Oracle: ``GlmAsrProcessor`` itself (the card's extractor, a tiny tokenizer) on a prompt with the clip: its
 windows and ``input_features_mask`` go through ``GlmAsrModel.get_audio_features`` on our modules (``"tower"``
@@ -58,8 +58,8 @@ from transformers.models.whisper.modeling_whisper import WhisperPreTrainedModel
 
 from contaudio.benchmark import FLOPS_PER_MAC, attention_macs, config_value
 from contaudio.encoders.oracle import ProjectorFreeHost, pick_hidden_states, select_rows
-from contaudio.encoders.registry import PROJECTOR_LAYOUTS, EncoderFamily, HiddenStatesView, IntOrTensor, register
-from contaudio.encoders.whisper import FinalNormHiddenStates, window_rows_of
+from contaudio.encoders.registry import PROJECTOR_LAYOUTS, IntOrTensor, register
+from contaudio.encoders.whisper import window_rows_of
 from contaudio.encoders.windows import (
     LARGE_V3_FEATURES,
     WINDOW_CONV_KERNEL,
@@ -165,7 +165,7 @@ class GlmAsr(ProcessorWindowFamily):
     max_frames = MAX_WINDOWS * WINDOW_FRAMES
     num_layers_key = "num_hidden_layers"
     hidden_dim_key = "hidden_size"
-    final_norm: ClassVar[str] = "norm"  # after the stack; HF's last hidden state includes it
+    final_norm = "norm"  # after the stack; HF's last hidden state includes it
     returns = "audio tower rows holding the clip (50 Hz, hidden_size wide, before the 4-row merge and projector)"
     oracle_path = (
         "GlmAsrProcessor (card's extractor, tiny tokenizer): its 30 s windows and input_features_mask -> "
@@ -187,12 +187,6 @@ class GlmAsr(ProcessorWindowFamily):
         return ProjectorFreeHost(encoder, SimpleNamespace(return_dict=True, audio_config=width))
 
     # ------------------------------------------------------------------------------------------ hidden_states
-    def view(
-        self, returns: str | None, layers: Sequence[int] | None = None, encoder_config: dict[str, Any] | None = None
-    ) -> EncoderFamily:
-        view = super().view(returns, layers, encoder_config)
-        return FinalNormHiddenStates(self, view.layers) if isinstance(view, HiddenStatesView) else view
-
     def hidden_rows(self, mel_len: IntOrTensor) -> IntOrTensor:
         """Rows of each hidden state: the tower's, ``whisper_rows`` (50 Hz, the clip's own frames per window)."""
         return whisper_rows(mel_len)

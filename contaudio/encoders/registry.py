@@ -119,6 +119,9 @@ class EncoderFamily(ABC):
     hidden_dim_key: ClassVar[str] = "d_model"  # the config key of the hidden states' width
     layers_attr: ClassVar[str] = "layers"  # the encoder's ModuleList of layers
     head_modules: ClassVar[tuple[str, ...]] = ()  # modules after the layer stack (hidden_states mode: identities)
+    # a norm after the stack that HF ties into its LAST hidden state only (Whisper's layer_norm): hidden_states mode
+    # keeps it when the last layer is asked for and makes it an identity otherwise
+    final_norm: ClassVar[str | None] = None
     leading_shape: tuple[int, ...] = ()  # dims before [T, D] in each clip's output (hidden_states: the layers)
 
     # ------------------------------------------------------------------ the family's own rules
@@ -365,6 +368,8 @@ class HiddenStatesView(EncoderFamily):
     def trim(self, encoder: PreTrainedModel) -> None:
         """Keep the layers up to the deepest requested; the modules after the stack become identities (HF's
         forward still runs through them, for the oracle, but nothing there is built or trained)."""
+        if self.tower.final_norm and max(self.layers) < int(getattr(encoder.config, self.tower.num_layers_key)):
+            encoder.set_submodule(self.tower.final_norm, nn.Identity())  # HF would put it in a middle entry
         layers = encoder.get_submodule(self.tower.layers_attr)  # a dotted path where the stack is nested
         # at least one layer stays: HF records hidden state 0 (the first layer's input) only when a layer runs
         encoder.set_submodule(self.tower.layers_attr, layers[: max(*self.layers, 1)])

@@ -26,8 +26,7 @@ last are the layers' raw outputs).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +35,7 @@ from transformers import PreTrainedModel, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperPreTrainedModel
 
 from contaudio.encoders.oracle import pick_hidden_states, select_rows
-from contaudio.encoders.registry import EncoderFamily, HiddenStatesView, IntOrTensor, register
+from contaudio.encoders.registry import IntOrTensor, register
 from contaudio.encoders.windows import (
     WINDOW_FRAMES,
     WindowFamily,
@@ -95,28 +94,11 @@ def window_rows_of(states: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return states[:, keep]
 
 
-class FinalNormHiddenStates(HiddenStatesView):
-    """:class:`~contaudio.encoders.registry.HiddenStatesView` of a Whisper-style encoder: its ``final_norm``
-    (HF ties it into the last hidden state only) is kept when the last layer is asked for, an identity otherwise,
-    so HF's forward on the trimmed encoder (the oracle) gives the full model's entries too."""
-
-    def trim(self, encoder: PreTrainedModel) -> None:
-        super().trim(encoder)
-        if max(self.layers) < int(getattr(encoder.config, self.tower.num_layers_key)):
-            encoder.set_submodule(self.tower.final_norm, nn.Identity())
-
-
 class WhisperHiddenStates(WindowFamily):
     """``returns="hidden_states"`` of a Whisper-architecture tower (Whisper, Voxtral): the clip's rows of each
     window (as ``"tower"`` keeps them), for HF's ``output_hidden_states`` entries (see the module docstring)."""
 
-    final_norm: ClassVar[str] = "layer_norm"  # after the stack; HF's last hidden state includes it
-
-    def view(
-        self, returns: str | None, layers: Sequence[int] | None = None, encoder_config: dict[str, Any] | None = None
-    ) -> EncoderFamily:
-        view = super().view(returns, layers, encoder_config)
-        return FinalNormHiddenStates(self, view.layers) if isinstance(view, HiddenStatesView) else view
+    final_norm = "layer_norm"  # after the stack; HF's last hidden state includes it
 
     def hidden_rows(self, mel_len: IntOrTensor) -> IntOrTensor:
         """Rows of each hidden state: the tower's, ``whisper_rows`` (50 Hz, the clip's own frames per window)."""

@@ -24,8 +24,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from contaudio import ContinuousAudioIO
 from contaudio.encoders import whisper as whisper_module
-from contaudio.encoders.registry import HiddenStatesView
-from contaudio.encoders.whisper import FinalNormHiddenStates, whisper_rows
+from contaudio.encoders.whisper import whisper_rows
 from contaudio.encoders.windows import WINDOW_FRAMES, ClipTooLongError
 from contaudio.lengths import mel_frames
 
@@ -226,7 +225,7 @@ def test_hidden_states_check_fails_when_either_side_breaks(tiny_whisper_checkpoi
         with pytest.raises(AssertionError):
             check_hidden_states(hidden_io(directory, [0, 1]), hf_encoder, wavs, rng)
     with monkeypatch.context() as patch:
-        patch.setattr(FinalNormHiddenStates, "trim", HiddenStatesView.trim)
+        patch.setattr(whisper_module.WhisperHiddenStates, "final_norm", None)  # the final norm kept when trimmed
         with pytest.raises(AssertionError):
             check_hidden_states(hidden_io(directory, [1]), hf_encoder, wavs, rng)
     forward = WhisperEncoder.forward
