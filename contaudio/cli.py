@@ -20,7 +20,7 @@ from contaudio.encoders.registry import RETURNS
 from contaudio.encoders.windows import LONG_CLIP_POLICIES
 from contaudio.extract.command import add_extract_commands
 from contaudio.extract.manifests import ManifestError
-from contaudio.extract.shards import OutputMismatchError
+from contaudio.extract.shards import OutputMismatchError, RefusedError
 from contaudio.io import ContinuousAudioIO
 
 USAGE_ERROR = 2  # argparse's exit status for a refused command line
@@ -34,11 +34,14 @@ def read_audio(path: Path) -> tuple[torch.Tensor, int]:
 
 def encode(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    io = ContinuousAudioIO(
-        encoder_hf_model_tag=args.tag, dtype=args.dtype, device=args.device,
-        attn_implementation=args.attn, weights=args.weights, long_clip=args.long_clip, returns=args.returns,
-        layers=args.layers,
-    )  # fmt: skip
+    try:
+        io = ContinuousAudioIO(
+            encoder_hf_model_tag=args.tag, dtype=args.dtype, device=args.device,
+            attn_implementation=args.attn, weights=args.weights, long_clip=args.long_clip, returns=args.returns,
+            layers=args.layers, cuda_graphs=args.cuda_graphs,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:  # a refused tag, weights, dtype, device or option
+        raise RefusedError(f"cannot build the encoder: {err}") from err
     print(f"{args.tag}: {io.family.name}, {args.weights} weights, {io.torch_dtype} ({io.dtype_choice.reason}), "
           f"{io.device}, D={io.feature_dim()}, built in {time.perf_counter() - start:.1f} s")  # fmt: skip
     if args.weights != "pretrained":
@@ -137,6 +140,12 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="with --returns hidden_states: HF's output_hidden_states indices (0: the first layer's input, -1: last)",
     )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="CUDA only: replay the layer stack from a CUDA graph per bucket of padded shapes (small batches are "
+        "launch-bound; Qwen-Omni, Qwen3-ASR, Qwen2-Audio, Audio Flamingo 3)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -147,5 +156,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ManifestError, OutputMismatchError) as err:
+    except (ManifestError, OutputMismatchError, RefusedError) as err:
         parser.exit(USAGE_ERROR, f"error: {err}\n")

@@ -27,7 +27,8 @@ from contaudio.audio import (
     prepare_waveform,
 )
 from contaudio.dtypes import DtypeChoice, emulation_warning, resolve_dtype
-from contaudio.encoders import EncoderSource, build_encoder, resolve
+from contaudio.encoders import FAMILIES, EncoderFamily, EncoderSource, build_encoder, resolve
+from contaudio.encoders.graphs import CudaGraphStacks
 from contaudio.encoders.loading import WeightsMode
 from contaudio.encoders.packed import (
     FLASH_IMPLEMENTATION,
@@ -35,6 +36,7 @@ from contaudio.encoders.packed import (
     KERNEL_ATTRIBUTE,
     VARLEN_IMPLEMENTATION,
     flash_attn_error,
+    stack_runner,
     varlen_attn_available,
 )
 from contaudio.encoders.windows import LongClipPolicy, check_clip_frames, check_long_clip_policy
@@ -179,6 +181,9 @@ class ContinuousAudioIO(AbsIO):
             ``layers`` for the clip alone (only the layers up to the deepest one are built and run).
         layers: with ``returns="hidden_states"``: indices into HF's ``output_hidden_states`` (0: the first
             layer's input, ``i``: layer ``i``'s output, negative from the end), e.g. ``[-1]`` or ``[4, 8, 12]``.
+        cuda_graphs: on CUDA, replay the layer stack from a CUDA graph per bucket of padded shapes when
+            ``encode_batch`` runs without grad (small batches are launch-bound; :mod:`contaudio.encoders.graphs`).
+            Families whose layers run through the packed windowed stack only (``graph_stack``); refused on CPU.
     """
 
     tower_path: ClassVar[str] = CONTAUDIO_TOWER_PATH  # the tower's place in this module (its state_dict prefix)
@@ -204,6 +209,7 @@ class ContinuousAudioIO(AbsIO):
         frontend: Frontend = "processor",
         returns: str | None = None,
         layers: Sequence[int] | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__(modality=MODALITY, is_discrete=False)
         if encoder_choice not in ENCODER_CHOICES:
@@ -225,6 +231,7 @@ class ContinuousAudioIO(AbsIO):
             self.family.module_config(self.source.encoder_config, self.source.model_config)
         )
         self.dropped_weights: tuple[str, ...] = ()
+        self.graphs = check_cuda_graphs(cuda_graphs, self.family, target)
         if skip_init_encoder:
             log.info("skip_init_encoder=True: no %s encoder built; preprocess/find_length only", self.family.name)
             return
@@ -409,7 +416,8 @@ class ContinuousAudioIO(AbsIO):
         width = int(kept_lengths.max())
         kept = mel[:, :width] if len(keep) == len(lengths) else mel[:, :width].index_select(0, keep.to(mel.device))
         batch = kept.to(device=device, dtype=self.torch_dtype, non_blocking=True)
-        flat = self.family.forward(encoder, batch, kept_lengths)
+        with stack_runner(None if torch.is_grad_enabled() else self.graphs):
+            flat = self.family.forward(encoder, batch, kept_lengths)
         kept_rows = rows[keep].tolist()
         if flat.shape[-2] != sum(kept_rows):
             raise RuntimeError(
@@ -502,6 +510,7 @@ class ContinuousAudioIO(AbsIO):
         clone.__dict__["_modules"] = {name: None for name in self._modules}
         clone.__dict__["_parameters"] = {}
         clone.__dict__["_buffers"] = {}
+        clone.__dict__["graphs"] = None  # graphs hold device buffers; a worker never encodes
         return clone
 
     def _require_encoder(self) -> nn.Module:
@@ -526,6 +535,24 @@ def dummy_frames(rows: Callable[[int], Any]) -> int:
         if int(rows(frames)) > 0:
             return frames
     raise ValueError(f"no clip of {DUMMY_FRAMES}..{DUMMY_SEARCH_FRAMES} mel frames gives a row: cannot build a dummy")
+
+
+def check_cuda_graphs(cuda_graphs: bool, family: EncoderFamily, device: torch.device) -> CudaGraphStacks | None:
+    """The graph runner ``cuda_graphs=True`` asks for, or None; refused where it cannot work."""
+    if not cuda_graphs:
+        return None
+    if device.type != "cuda":
+        raise ValueError(
+            f"cuda_graphs=True needs a CUDA device, got device={str(device)!r}: on a CPU there are no kernel "
+            "launches to save; drop the option"
+        )
+    if not family.graph_stack:
+        supported = sorted(name for name, fam in FAMILIES.items() if fam.graph_stack)
+        raise ValueError(
+            f"cuda_graphs=True: the {family.name} forward does not run its layers through contaudio's packed "
+            f"windowed stack, which is what a graph replays (families that do: {', '.join(supported)}); drop the option"
+        )
+    return CudaGraphStacks()
 
 
 def check_frontend(frontend: str, policy: AudioPolicy) -> str:

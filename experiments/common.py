@@ -65,6 +65,7 @@ def io_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "long_clip": cfg.encoder.long_clip,
         "returns": cfg.encoder.returns,
         "layers": None if cfg.encoder.layers is None else list(cfg.encoder.layers),
+        "cuda_graphs": cfg.encoder.cuda_graphs,
         "seed": cfg.seed,
     }
 

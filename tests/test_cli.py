@@ -61,3 +61,13 @@ def test_encode_returns_hidden_states_of_the_layers_asked(tmp_path) -> None:
     features = load_file(out)["quick_brown_fox_16k"]
     frames = -(-soundfile.info(clip).frames // 160)
     assert features.shape == (2, (frames - 1) // 2 + 1, 32)  # [layers, conv2's rows, d_model]
+
+
+@pytest.mark.parametrize("command", ["encode", "extract"])
+def test_an_encoder_that_cannot_be_built_is_a_message_and_exit_2(command: str, tmp_path, capsys) -> None:
+    clip = str(SPEECH_DIR / "quick_brown_fox_16k.wav")
+    args = [clip, "--out", str(tmp_path / "out")] if command == "extract" else [clip]
+    with pytest.raises(SystemExit) as exited:
+        main([command, *args, "--tag", TINY_QWEN_OMNI, "--weights", "random", "--cuda-graphs"])
+    assert exited.value.code == 2
+    assert "cannot build the encoder: cuda_graphs=True needs a CUDA device" in capsys.readouterr().err

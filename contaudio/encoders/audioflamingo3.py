@@ -137,6 +137,7 @@ class AudioFlamingo3(ProcessorWindowFamily):
         "AudioFlamingo3Model.get_audio_features(...).last_hidden_state, rows by _get_feat_extract_output_lengths"
     )
 
+    graph_stack = True  # the layers run through packed.run_windowed_stack
     rows = staticmethod(qwen2_audio_rows)
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

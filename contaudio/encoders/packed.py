@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -363,6 +363,30 @@ def run_layers(
     return hidden
 
 
+class StackRunner(Protocol):
+    """Runs a windowed stack another way (:class:`~contaudio.encoders.graphs.CudaGraphStacks`), or returns None."""
+
+    def run(
+        self, layers: nn.ModuleList, hidden: torch.Tensor, window_rows: torch.Tensor, kernel: AttentionKernel
+    ) -> torch.Tensor | None: ...
+
+
+_stack_runner: StackRunner | None = None
+
+
+@contextmanager
+def stack_runner(runner: StackRunner | None) -> Iterator[None]:
+    """Inside the ``with`` block, :func:`run_windowed_stack` without grad hands its stack to ``runner`` first
+    (None: no change)."""
+    global _stack_runner
+    previous = _stack_runner
+    _stack_runner = runner if runner is not None else previous
+    try:
+        yield
+    finally:
+        _stack_runner = previous
+
+
 # CPU: rows per pass through the layer stack. Windows are independent, so a batch can go through the
 # stack in passes of whole windows; passes of ~1k rows ran the 7B tower 15 % faster than one pass of 4k
 # rows on a 2-core AMX machine (activations stay in cache; the weights are re-read, cheaply). CUDA: one pass.
@@ -397,8 +421,14 @@ def run_windowed_stack(
     (everything but attention is row-wise, so the order is free), giving one SDPA call per
     distinct window length, and runs passes of :data:`CPU_ROWS_PER_PASS` rows. The other
     kernels take all rows in one pass, on ``layout`` when the caller built it already
-    (once per batch). Returns ``[N, d]``.
+    (once per batch); inside :func:`stack_runner` (``cuda_graphs=True``), without grad, a runner may take the
+    stack instead (:mod:`contaudio.encoders.graphs`). Returns ``[N, d]``.
     """
+    runner = _stack_runner
+    if runner is not None and not torch.is_grad_enabled():
+        out = runner.run(layers, hidden, window_rows, kernel)
+        if out is not None:
+            return out
     if kernel != "sdpa_buckets":
         layout = layout if layout is not None else WindowLayout.from_window_rows(window_rows, hidden.device)
         return run_layers(layers, hidden, layout, kernel)

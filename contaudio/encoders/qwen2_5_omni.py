@@ -196,6 +196,7 @@ class Qwen2_5Omni(EncoderFamily):
 
     head_modules = ("ln_post", "proj")
 
+    graph_stack = True  # the layers run through packed.run_windowed_stack
     rows = staticmethod(qwen2_5_omni_rows)
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

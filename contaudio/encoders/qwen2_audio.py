@@ -197,6 +197,7 @@ class Qwen2Audio(WindowFamily):
     )
     head_modules = ("avg_pooler", "layer_norm")  # after the stack: identities in returns="hidden_states"
 
+    graph_stack = True  # the layers run through packed.run_windowed_stack
     rows = staticmethod(qwen2_audio_rows)
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

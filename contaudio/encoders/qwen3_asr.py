@@ -129,6 +129,7 @@ class Qwen3ASR(EncoderFamily):
 
     head_modules = ("ln_post",)  # after the layer stack
 
+    graph_stack = True  # the layers run through packed.run_windowed_stack
     rows = staticmethod(qwen3_omni_rows)
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

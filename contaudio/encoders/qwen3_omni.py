@@ -363,6 +363,7 @@ class Qwen3Omni(EncoderFamily):
 
     head_modules = ("ln_post", "proj1", "act", "proj2")  # after the layer stack (row-wise: rows stay 13 per chunk)
 
+    graph_stack = True  # the layers run through packed.run_windowed_stack
     rows = staticmethod(qwen3_omni_rows)
 
     def forward(self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -123,6 +123,9 @@ class EncoderFamily(ABC):
     # keeps it when the last layer is asked for and makes it an identity otherwise
     final_norm: ClassVar[str | None] = None
     leading_shape: tuple[int, ...] = ()  # dims before [T, D] in each clip's output (hidden_states: the layers)
+    # its forward runs the layers through packed.run_windowed_stack, so cuda_graphs=True can replay them from a
+    # CUDA graph (contaudio/encoders/graphs.py); tests/encoders/test_graphs.py checks the claim both ways
+    graph_stack: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ the family's own rules
     @staticmethod

@@ -128,7 +128,7 @@ def extract(args: argparse.Namespace) -> None:
         io_kwargs = {
             "encoder_hf_model_tag": args.tag, "weights": args.weights, "dtype": args.dtype, "device": args.device,
             "attn_implementation": args.attn, "long_clip": args.long_clip, "max_duration_s": args.max_duration,
-            "returns": args.returns, "layers": args.layers, "seed": args.seed,
+            "returns": args.returns, "layers": args.layers, "seed": args.seed, "cuda_graphs": args.cuda_graphs,
         }  # fmt: skip
         summary = run_extract(clips, io_kwargs, options, rank)
     except (RefusedError, ManifestError) as err:

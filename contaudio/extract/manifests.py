@@ -106,7 +106,7 @@ def detect_format(source: str | Path) -> str:
     """The manifest format a path names.
 
     A folder holding ``wav.scp`` or a ``*.scp`` file: Kaldi; ``*.jsonl.gz`` / ``*.json.gz``: Lhotse;
-    ``*.jsonl`` / ``*.json``: contaudio's JSONL; any other folder or a pattern with ``*?[``: a glob.
+    ``*.jsonl`` / ``*.json``: contaudio's JSONL; any other folder, a pattern with ``*?[`` or one audio file: a glob.
 
     >>> detect_format("data/train/wav.scp"), detect_format("cuts_train.jsonl.gz"), detect_format("clips.jsonl")
     ('kaldi', 'lhotse', 'jsonl')
@@ -123,11 +123,12 @@ def detect_format(source: str | Path) -> str:
         return "lhotse"
     if path.suffix in (".jsonl", ".json"):
         return "jsonl"
-    if GLOB_CHARS & set(text):
+    if GLOB_CHARS & set(text) or path.suffix.lower() in AUDIO_EXTENSIONS:  # a pattern, or one audio file
         return "glob"
     raise ManifestError(
         f"cannot tell the manifest format of {text!r}: name a Lhotse *.jsonl.gz, a Kaldi wav.scp (or its data "
-        "folder), a *.jsonl of {id, path[, start, end]}, a folder or a glob pattern, or set the format explicitly"
+        "folder), a *.jsonl of {id, path[, start, end]}, a folder, a glob pattern or an audio file, or set the "
+        "format explicitly"
     )
 
 
@@ -340,6 +341,13 @@ def clips_from_glob(pattern: str) -> list[Clip]:
     path = Path(pattern)
     if path.is_dir():
         root, files = path, [p for p in sorted(path.rglob("*")) if p.suffix.lower() in AUDIO_EXTENSIONS]
+    elif path.is_file() and not GLOB_CHARS & set(pattern):  # one file named, no wildcard
+        if path.suffix.lower() not in AUDIO_EXTENSIONS:
+            raise ManifestError(
+                f"{pattern} is a file, neither audio ({', '.join(sorted(AUDIO_EXTENSIONS))}) nor a pattern; a list "
+                "of paths is a Kaldi wav.scp ('<id> <path>' per line: --format kaldi) or a JSONL of {id, path}"
+            )
+        root, files = path.parent, [path]
     else:
         root = glob_root(pattern)
         files = [Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(p)]

@@ -513,7 +513,9 @@ def build_io(io_kwargs: dict[str, Any], mode: Mode, rank: RankInfo) -> Continuou
     """The ``ContinuousAudioIO`` a mode needs: lengths builds no encoder and stays on the CPU; features runs on
     this rank's GPU under torchrun (``device="cuda"`` -> ``cuda:<LOCAL_RANK>``)."""
     if mode == "lengths":
-        return ContinuousAudioIO(**{**io_kwargs, "device": "cpu", "attn_implementation": None}, skip_init_encoder=True)
+        return ContinuousAudioIO(
+            **{**io_kwargs, "device": "cpu", "attn_implementation": None, "cuda_graphs": False}, skip_init_encoder=True
+        )
     device = device_for_rank(io_kwargs.get("device", "cpu"), rank.local_rank)
     return ContinuousAudioIO(**{**io_kwargs, "device": device})
 

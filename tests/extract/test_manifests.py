@@ -114,6 +114,15 @@ def test_folder_and_glob(files) -> None:
         read_manifest(f"{files}/*.mp3")
 
 
+def test_one_file_as_a_glob(files) -> None:
+    """A single audio file named is that one clip (a glob); a text file given as a glob is refused, saying what a
+    list of paths is (it once crashed inside pathlib)."""
+    assert [(c.id, c.path) for c in read_manifest(files / "r1.wav")] == [("r1", str(files / "r1.wav"))]
+    (files / "list.txt").write_text(f"{files / 'r1.wav'}\n")
+    with pytest.raises(ManifestError, match=r"list.txt is a file, neither audio .* nor a pattern.*--format kaldi"):
+        read_manifest(files / "list.txt", "glob")
+
+
 def test_detect_format_says_what_it_accepts(tmp_path) -> None:
     assert detect_format(tmp_path) == "glob"
     (tmp_path / "wav.scp").write_text("")
