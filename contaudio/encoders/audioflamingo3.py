@@ -42,7 +42,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.models.audioflamingo3.configuration_audioflamingo3 import (
@@ -59,22 +58,18 @@ from transformers.models.audioflamingo3.processing_audioflamingo3 import AudioFl
 
 from contaudio.benchmark import FLOPS_PER_MAC
 from contaudio.encoders.oracle import ProjectorFreeHost, pick_hidden_states, select_rows
-from contaudio.encoders.packed import WindowLayout, attention_kernel, windowed_hidden_states
-from contaudio.encoders.qwen2_audio import masked_window_forward, qwen2_audio_rows
+from contaudio.encoders.qwen2_audio import masked_hidden_states, masked_window_forward, qwen2_audio_rows
 from contaudio.encoders.registry import PROJECTOR_LAYOUTS, EncoderFamily, HiddenStatesView, IntOrTensor, register
 from contaudio.encoders.whisper import window_rows_of
 from contaudio.encoders.windows import (
     LARGE_V3_FEATURES,
-    WINDOW_CONV_STRIDE,
     WINDOW_FRAMES,
     ProcessorWindowFamily,
-    check_window,
-    split_into_windows,
     whisper_rows,
     whisper_style_flops,
     whole_model_config,
 )
-from contaudio.lengths import ceil_div, conv_out
+from contaudio.lengths import ceil_div
 
 MAX_AUDIO_S = 600  # AudioFlamingo3Processor(max_audio_len=600): 20 windows of 30 s
 MODEL_TYPE = "audioflamingo3"  # config.json's model_type of a whole Audio Flamingo 3 model
@@ -94,24 +89,6 @@ class AudioFlamingo3AudioTower(AudioFlamingo3PreTrainedModel):
         self.audio_tower = AudioFlamingo3Encoder(config.audio_config)
         self.multi_modal_projector = AudioFlamingo3MultiModalProjector(config)
         self.post_init()
-
-
-def embed_valid_rows(
-    encoder: nn.Module, mel: torch.Tensor, lengths: torch.Tensor, silence_per_window: bool
-) -> tuple[torch.Tensor, torch.Tensor, WindowLayout]:
-    """The first layer's input (HF's ``hidden_states[0]``: GELU convs + learned positions) of the valid conv rows of
-    every silence-padded 30 s window, packed: ``[B, M_max, n_mels]``, ``[B]`` -> ``[N, d_model]``, each window's valid
-    rows ``[K]`` and their layout (the front half of :func:`~contaudio.encoders.qwen2_audio.masked_window_forward`:
-    the convs run on the frames the valid rows read, HF masks every other row out of attention)."""
-    check_window(encoder)
-    windows, frames = split_into_windows(mel, lengths, WINDOW_FRAMES, silence_per_window)  # [K, 3000, n_mels], [K]
-    conv_rows = conv_out(frames.cpu(), WINDOW_CONV_STRIDE)  # [K], each >= 1
-    width = min(WINDOW_FRAMES, WINDOW_CONV_STRIDE * int(conv_rows.max()) + 1)  # frames the valid conv rows read
-    features = windows[:, :width].transpose(1, 2).to(encoder.conv1.weight.dtype)  # [K, n_mels, width]
-    embed = F.gelu(encoder.conv2(F.gelu(encoder.conv1(features)))).transpose(1, 2)  # [K, R, d]
-    embed = embed + encoder.embed_positions.weight[: embed.shape[1]].to(embed.dtype)
-    layout = WindowLayout.from_window_rows(conv_rows, embed.device)
-    return layout.to_rows(embed[:, : layout.window_len]), conv_rows, layout
 
 
 @register
@@ -164,13 +141,13 @@ class AudioFlamingo3(ProcessorWindowFamily):
     def hidden_forward(
         self, encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor, layers: tuple[int, ...]
     ) -> torch.Tensor:
-        """HF's hidden states ``layers`` of each clip's valid rows (:func:`embed_valid_rows`, the layers up to the
-        deepest asked for): ``[len(layers), sum rows, d_model]``. The last entry (asked alone) is the tower's output."""
+        """HF's hidden states ``layers`` of each clip's valid rows (Qwen2-Audio's
+        :func:`~contaudio.encoders.qwen2_audio.masked_hidden_states` on windows cut as the processor cuts them, the
+        layers up to the deepest asked for): ``[len(layers), sum rows, d_model]``. The last entry (asked alone) is the
+        tower's output."""
         if int(getattr(encoder.config, self.num_layers_key)) in layers:
             return self.forward(encoder, mel, lengths)[None]
-        hidden, conv_rows, layout = embed_valid_rows(encoder, mel, lengths, self.cuts_waveform)
-        kernel = attention_kernel(encoder.config, hidden.device, hidden.dtype)
-        return windowed_hidden_states(encoder.layers, hidden, conv_rows, kernel, layers, layout)
+        return masked_hidden_states(encoder, mel, lengths, layers, silence_per_window=self.cuts_waveform)
 
     def hf_hidden_windows(
         self, encoder: PreTrainedModel, windows: torch.Tensor, mask: torch.Tensor, layers: tuple[int, ...]

@@ -174,11 +174,15 @@ def masked_window_forward(
 
 
 def masked_hidden_states(
-    encoder: PreTrainedModel, mel: torch.Tensor, lengths: torch.Tensor, layers: tuple[int, ...]
+    encoder: PreTrainedModel,
+    mel: torch.Tensor,
+    lengths: torch.Tensor,
+    layers: tuple[int, ...],
+    silence_per_window: bool = False,
 ) -> torch.Tensor:
     """HF's ``output_hidden_states`` entries ``layers`` for the valid conv rows of each clip's window(s), the layers
     run (packed, masked as HF masks them) only up to the deepest one: ``[len(layers), sum conv rows, d_model]``."""
-    rows = embed_valid_rows(encoder, mel, lengths)
+    rows = embed_valid_rows(encoder, mel, lengths, silence_per_window)
     return windowed_hidden_states(encoder.layers, rows.hidden, rows.conv_rows, rows.kernel, layers, rows.layout)
 
 

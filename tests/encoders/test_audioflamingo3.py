@@ -8,6 +8,7 @@ checked against HF's whole model saved by transformers, with faults injected on 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -21,8 +22,8 @@ from transformers.models.audioflamingo3.modeling_audioflamingo3 import AudioFlam
 from transformers.models.audioflamingo3.processing_audioflamingo3 import AudioFlamingo3Processor
 
 from contaudio import ContinuousAudioIO
-from contaudio.encoders import audioflamingo3 as af3_module
 from contaudio.encoders import get_family
+from contaudio.encoders import qwen2_audio as qwen2_audio_module
 from contaudio.encoders.audioflamingo3 import AudioFlamingo3HiddenStates, AudioFlamingo3LM
 from contaudio.encoders.qwen2_audio import masked_window_forward, qwen2_audio_rows
 from contaudio.encoders.registry import HiddenStatesView
@@ -315,7 +316,7 @@ def test_hidden_states_check_fails_when_either_side_breaks(checkpoint, rng, monk
     wavs = modes.clips(rng)[:2]
     io = modes.mode_io(directory, "hidden_states", [0, 1])
     with monkeypatch.context() as patch:
-        patch.setattr(af3_module, "embed_valid_rows", embed_without_positions)
+        patch.setattr(qwen2_audio_module, "embed_valid_rows", embed_without_positions)
         assert len(modes.disagreements(io, wavs, rng, hidden_reference(model, io.layers))) == len(wavs)
     with monkeypatch.context() as patch:
         patch.setattr(AudioFlamingo3HiddenStates, "trim", HiddenStatesView.trim)  # the pool and norm replaced
@@ -334,12 +335,12 @@ def test_hidden_states_check_fails_when_either_side_breaks(checkpoint, rng, monk
         assert len(modes.disagreements(io, wavs, rng, hidden_reference(model, io.layers))) == len(wavs)
 
 
-EMBED_VALID_ROWS = af3_module.embed_valid_rows
+EMBED_VALID_ROWS = qwen2_audio_module.embed_valid_rows
 
 
 def embed_without_positions(encoder, mel, lengths, silence_per_window):
     """The injected bug on our side: the first layer's input without the learned positions (rows 0..n-1 of every
     window, packed window after window)."""
-    hidden, rows, layout = EMBED_VALID_ROWS(encoder, mel, lengths, silence_per_window)
-    positions = torch.cat([encoder.embed_positions.weight[:n] for n in rows.tolist()])
-    return hidden - positions.to(hidden.dtype), rows, layout
+    rows = EMBED_VALID_ROWS(encoder, mel, lengths, silence_per_window)
+    positions = torch.cat([encoder.embed_positions.weight[:n] for n in rows.conv_rows.tolist()])
+    return dataclasses.replace(rows, hidden=rows.hidden - positions.to(rows.hidden.dtype))
