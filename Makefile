@@ -14,8 +14,12 @@ setup:
 	$(if $(TORCH),$(PYTHON) -m pip install $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)",) "$(TORCH)",)
 	$(PYTHON) -m pip install -e ".[dev,report]"
 
+# pytest-xdist workers: one per core, at most 4 (each holds its own torch and tiny checkpoints)
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(len(os.sched_getaffinity(0)), 4))" 2>/dev/null || echo 1)
+PYTEST = -m pytest -q -m "not slow" -n $(TEST_WORKERS)
+
 test:
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) $(PYTEST)
 
 # ESPnet's SpeechLM, the real package: a Python >= 3.12 virtualenv with espnet[speechlm]==202611 and its pinned
 # transformers/torch (requirements/espnet-202611.txt), created once under ESPNET_ENV (rebuilt when the pins change),
@@ -31,13 +35,13 @@ test-espnet: espnet-env
 # The minimum-versions run: `make test`'s suite in the same environment, where transformers, torch and contaudio's
 # other dependencies sit at pyproject's lower bounds (requirements/espnet-202611.txt pins them there).
 test-min: espnet-env
-	$(ESPNET_ENV)/bin/python -m pytest -q -m "not slow"
+	$(ESPNET_ENV)/bin/python $(PYTEST)
 
 # The whole suite once more on AVX2-only kernels, as on an AMD EPYC without AVX-512/AMX (CI runs both):
 # these variables make torch, oneDNN and MKL use AVX2 code paths even on a bigger CPU.
 AVX2_ONLY = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 test-avx2:
-	$(AVX2_ONLY) $(PYTHON) -m pytest -q -m "not slow"
+	$(AVX2_ONLY) $(PYTHON) $(PYTEST)
 
 lint:
 	$(PYTHON) -m ruff check .

@@ -25,6 +25,13 @@ from contaudio import ContinuousAudioIO
 collect_ignore = ["integration"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs a worker per core, up to 4), each worker takes its share of the cores:
+    torch's default of every core per process would oversubscribe them."""
+    if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_collect_file(file_path, parent):
     """``test_<family>.py`` of a family the installed transformers lacks is one skip naming the version it needs."""
