@@ -113,6 +113,39 @@ def test_a_broken_eager_stack_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
         assert_same_rows(grid, encode(io, mel, lengths))
 
 
+class ReplayedOnCpu(CudaGraphStacks):
+    """The capture path on CPU: ``_capture`` gives the buffers a capture would, and a stand-in graph whose
+    ``replay()`` recomputes the captured output in place from them. What it checks: each call refills the bucket's
+    buffers (no rows or mask left from an earlier batch of the same bucket), one capture per bucket, and the
+    output read out of the shared buffer."""
+
+    def __init__(self) -> None:
+        super().__init__(capture=True)
+        self.captures = 0
+
+    def _capture(self, layers, bucket, hidden, kernel):
+        self.captures += 1
+        grid = hidden.new_zeros((bucket.rows, hidden.shape[1]))
+        key_mask = torch.ones((bucket.windows, 1, 1, bucket.window_len), dtype=torch.bool)
+        output = graphs.grid_stack(layers, grid, key_mask, kernel)
+
+        class Graph:
+            def replay(self) -> None:
+                output.copy_(graphs.grid_stack(layers, grid, key_mask, kernel))
+
+        return graphs.CapturedStack(Graph(), grid, key_mask, output)
+
+
+def test_replays_refill_their_buckets_buffers() -> None:
+    io = build()
+    runner = ReplayedOnCpu()
+    batches = [[1013, 250], [45, 180, 600], [1013, 250], [200]]  # the first three share a bucket (8 x 112)
+    for lengths in batches:
+        mel, lens = random_padded_batch(lengths, n_mels=io.n_mels)
+        assert_same_rows(encode(io, mel, lens, runner), encode(io, mel, lens))
+    assert runner.replays == len(batches) and runner.captures == len(runner.graphs) == 2
+
+
 # ------------------------------------------------------------------------------------------------ when it runs
 def test_a_grid_over_max_rows_runs_eagerly() -> None:
     io = build()
