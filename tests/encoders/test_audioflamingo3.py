@@ -33,9 +33,6 @@ FAMILY = get_family("audioflamingo3")
 SR = 16000
 WINDOW_SAMPLES = 30 * SR  # the processor's window: feature_extractor.chunk_length seconds
 MAX_SAMPLES = 600 * SR  # AudioFlamingo3Processor(max_audio_len=600)
-TAIL_SILENCE_SAMPLES = 800  # 50 ms: the frames straddling the clip's end are silence in HF's features too
-LOUD = 100.0  # a loud first window: a whole-clip clamp would floor the quiet ones after it
-ATOL = 1e-5  # float32, same weights; our mel vs the extractor's differ by ~1e-6
 PERTURB_SEED = 3
 HUB_KEYS = {"model.audio_tower.": "audio_tower.", "model.multi_modal_projector.": "multi_modal_projector.",
             "model.language_model.": "language_model.model.", "lm_head.": "language_model.lm_head."}  # fmt: skip
@@ -78,34 +75,6 @@ def test_each_30_s_piece_is_extracted_on_its_own(io, rng) -> None:
     assert np.abs(mel - features[0, :, :frames].T.numpy()).max() <= 1e-4
 
 
-def clip(rng: np.random.Generator, num_samples: int, loud_first_window: bool = False) -> np.ndarray:
-    """Noise ending in silence, as speech does (see contaudio.encoders.windows), optionally a loud first window."""
-    wav = np.concatenate([noise(rng, num_samples - TAIL_SILENCE_SAMPLES, 0.05), np.zeros(TAIL_SILENCE_SAMPLES)])
-    wav = wav.astype(np.float32)
-    if loud_first_window:
-        wav[:WINDOW_SAMPLES] *= LOUD
-    return wav
-
-
-def disagreements(io: ContinuousAudioIO, wav: np.ndarray, extractor=None) -> list[str]:
-    """contaudio (find_length, preprocess, encode_batch) against the oracle (HF's processor, then HF's model path)
-    on one clip: every way they differ; [] when rows are equal and values within float32 tolerance."""
-    _, (rows, mel), _ = io.preprocess((wav, SR))
-    with torch.inference_mode():
-        (ours,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
-        oracle = io.family.oracle(io.encoder, extractor or io.features.hf_extractor(), wav)
-    if oracle.rows is None:
-        return [f"HF raised {oracle.error}"]
-    found = [f"{name}: {count} rows, HF {oracle.count}" for name, count in
-             [("find_length", io.find_length(len(wav))), ("preprocess", rows), ("encode_batch", ours.shape[0])]
-             if count != oracle.count]  # fmt: skip
-    if oracle.placeholders is not None:  # the tower's rows, before the projector: not what the LM receives
-        found.append(f"the oracle counted {oracle.placeholders} placeholders for tower rows")
-    if not found and ours.numel() and (diff := float((ours - oracle.rows).abs().max())) > ATOL:
-        found.append(f"values differ from HF's by {diff:.3g}")
-    return found
-
-
 LONG_CLIPS = {"exactly 30 s": (WINDOW_SAMPLES, False), "30 s + 1 sample": (WINDOW_SAMPLES + 1, False),
               "35 s, loud first window": (35 * SR, True), "61 s: two windows and a partial one": (61 * SR, False),
               "600 s: the processor's limit": (MAX_SAMPLES, False)}  # fmt: skip
@@ -114,7 +83,7 @@ LONG_CLIPS = {"exactly 30 s": (WINDOW_SAMPLES, False), "30 s + 1 sample": (WINDO
 @pytest.mark.parametrize("name", LONG_CLIPS)
 def test_long_clips_equal_the_processor_and_hfs_model(perturbed_io, rng, name: str) -> None:
     num_samples, loud = LONG_CLIPS[name]
-    assert disagreements(perturbed_io, clip(rng, num_samples, loud)) == []
+    assert modes.oracle_disagreements(perturbed_io, modes.clip(rng, num_samples, loud)) == []
 
 
 def test_the_check_fails_when_contaudio_does_not_cut_the_waveform(perturbed_io, rng, monkeypatch) -> None:
@@ -123,7 +92,7 @@ def test_the_check_fails_when_contaudio_does_not_cut_the_waveform(perturbed_io, 
     mutated = ContinuousAudioIO(encoder_hf_model_tag=TINY_AUDIOFLAMINGO3, weights="random", dtype="float32",
                                 long_clip="windows", returns="tower")  # fmt: skip
     mutated.encoder.load_state_dict(perturbed_io.encoder.state_dict())
-    found = disagreements(mutated, clip(rng, 35 * SR, loud_first_window=True))
+    found = modes.oracle_disagreements(mutated, modes.clip(rng, 35 * SR, loud_first_window=True))
     assert len(found) == 1 and found[0].startswith("values differ"), found
 
 
@@ -132,7 +101,7 @@ def test_the_check_fails_when_hfs_processor_cuts_other_windows(perturbed_io, rng
     chunk_length) gives other features for the same clip, and the check says so."""
     extractor = perturbed_io.features.hf_extractor()
     extractor.chunk_length = 20
-    found = disagreements(perturbed_io, clip(rng, 35 * SR), extractor)
+    found = modes.oracle_disagreements(perturbed_io, modes.clip(rng, 35 * SR), extractor)
     assert len(found) == 1 and found[0].startswith("values differ"), found
 
 

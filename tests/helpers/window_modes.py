@@ -35,6 +35,28 @@ def clip(rng: np.random.Generator, num_samples: int, loud_first_window: bool = F
     return wav
 
 
+ORACLE_ATOL = 1e-5  # one clip against the family's oracle: float32, same weights; our mel vs the extractor's ~1e-6
+
+
+def oracle_disagreements(io: ContinuousAudioIO, wav: np.ndarray, extractor=None) -> list[str]:
+    """contaudio (find_length, preprocess, encode_batch) against the family's oracle (HF's processor, then HF's model
+    path) on one clip: every way they differ; [] when rows are equal and values within :data:`ORACLE_ATOL`."""
+    _, (rows, mel), _ = io.preprocess((wav, SR))
+    with torch.inference_mode():
+        (ours,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
+        oracle = io.family.oracle(io.encoder, extractor or io.features.hf_extractor(), wav)
+    if oracle.rows is None:
+        return [f"HF raised {oracle.error}"]
+    found = [f"{name}: {count} rows, HF {oracle.count}" for name, count in
+             [("find_length", io.find_length(len(wav))), ("preprocess", rows), ("encode_batch", ours.shape[0])]
+             if count != oracle.count]  # fmt: skip
+    if oracle.placeholders is not None:  # the tower's rows, before the projector or merge: not what the LM receives
+        found.append(f"the oracle counted {oracle.placeholders} placeholders for tower rows")
+    if not found and ours.numel() and (diff := float((ours - oracle.rows).abs().max())) > ORACLE_ATOL:
+        found.append(f"values differ from HF's by {diff:.3g}")
+    return found
+
+
 def clips(rng: np.random.Generator) -> list[np.ndarray]:
     return [clip(rng, n, loud) for n, loud in CLIPS]
 
