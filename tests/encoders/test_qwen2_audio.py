@@ -26,7 +26,7 @@ import pytest
 import torch
 import transformers
 from helpers.audio import noise
-from helpers.batches import padded_batch
+from helpers.batches import noise_padded_batch, padded_batch
 from helpers.checkpoints import (
     INLINE_PROMPT,
     TINY_QWEN2_AUDIO,
@@ -383,9 +383,7 @@ def lm_disagreements(io: ContinuousAudioIO, hf_model, processor, wavs: list[np.n
     into the LM, the placeholders written) for clips <= 30 s, the processor's count, and the family's oracle.
     Every way they differ; [] when every count agrees and every value is within ATOL."""
     processed = [io.preprocess((wav, SR))[1] for wav in wavs]
-    mel, lengths = padded_batch([m for _, m in processed], extra=PADDING_EXTRA)
-    past_end = torch.arange(mel.shape[1]) >= lengths[:, None]
-    mel[past_end] = torch.from_numpy(rng.standard_normal((int(past_end.sum()), mel.shape[2])).astype(np.float32))
+    mel, lengths = noise_padded_batch([m for _, m in processed], PADDING_EXTRA, rng)
     extractor = io.features.hf_extractor()
     found = []
     with torch.inference_mode():
@@ -639,9 +637,7 @@ def hidden_checks(io: ContinuousAudioIO, hf_model, wavs: list[np.ndarray], rng) 
     and HF's whole model (its tower's hidden states with the last entry untied, HF's conv rows) for each clip alone,
     and the verdicts of length_check and mask_check. Every way they differ; [] when all agree."""
     processed = [io.preprocess((wav, SR))[1] for wav in wavs]
-    mel, lengths = padded_batch([m for _, m in processed], extra=PADDING_EXTRA)
-    past_end = torch.arange(mel.shape[1]) >= lengths[:, None]
-    mel[past_end] = torch.from_numpy(rng.standard_normal((int(past_end.sum()), mel.shape[2])).astype(np.float32))
+    mel, lengths = noise_padded_batch([m for _, m in processed], PADDING_EXTRA, rng)
     found = []
     with torch.inference_mode():
         outs = io.encode_batch(mel, lengths)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from encoders.test_layouts import QWEN3_ASR_OFFICIAL_KEYS, qwen3_asr_official_config
 from helpers.audio import noise
-from helpers.batches import padded_batch
+from helpers.batches import noise_padded_batch
 from helpers.checkpoints import (
     TINY_QWEN3_ASR,
     assert_holds_tower,
@@ -161,9 +161,7 @@ def mismatches(io: ContinuousAudioIO, reference: Reference, wavs: list[np.ndarra
     processor and of the oracle): every way they differ, [] when none. encode_batch's own row check raising
     counts as a difference."""
     processed = [io.preprocess((wav, SR))[1] for wav in wavs]
-    mel, lengths = padded_batch([m for _, m in processed], extra=PADDING_EXTRA)
-    past_end = torch.arange(mel.shape[1]) >= lengths[:, None]
-    mel[past_end] = torch.from_numpy(rng.standard_normal((int(past_end.sum()), mel.shape[2])).astype(np.float32))
+    mel, lengths = noise_padded_batch([m for _, m in processed], PADDING_EXTRA, rng)
     extractor, found = io.features.hf_extractor(), []
     with torch.inference_mode():
         try:

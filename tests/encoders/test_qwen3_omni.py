@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.audio import noise
-from helpers.batches import padded_batch, random_padded_batch
+from helpers.batches import noise_padded_batch, random_padded_batch
 from helpers.checkpoints import (
     TINY_QWEN3_OMNI,
     assert_holds_tower,
@@ -446,9 +446,7 @@ def hidden_state_mismatches(io: ContinuousAudioIO, model, processor, wavs: list[
     model for each clip alone and the family's oracle: every way they differ ([] when counts agree and values are
     within HIDDEN_ATOL). encode_batch's own row check raising counts as a difference."""
     processed = [io.preprocess((wav, SAMPLE_RATE))[1] for wav in wavs]
-    mel, lengths = padded_batch([m for _, m in processed], extra=HIDDEN_PADDING)
-    past_end = torch.arange(mel.shape[1]) >= lengths[:, None]
-    mel[past_end] = torch.from_numpy(rng.standard_normal((int(past_end.sum()), mel.shape[2])).astype(np.float32))
+    mel, lengths = noise_padded_batch([m for _, m in processed], HIDDEN_PADDING, rng)
     extractor, found = io.features.hf_extractor(), []
     with torch.inference_mode():
         try:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.audio import noise
-from helpers.batches import padded_batch
+from helpers.batches import noise_padded_batch
 from helpers.checkpoints import (
     TINY_VOXTRAL,
     assert_holds_tower,
@@ -117,9 +117,7 @@ def ends_in_silence(rng: np.random.Generator, num_samples: int) -> np.ndarray:
 def noise_padded(io: ContinuousAudioIO, wavs: list[np.ndarray], rng) -> tuple[list[int], list[torch.Tensor]]:
     """preprocess each clip, one batch padded with noise past every clip's end, encode_batch: (T per clip, rows)."""
     processed = [io.preprocess((wav, 16000))[1] for wav in wavs]
-    mel, lengths = padded_batch([m for _, m in processed], extra=13)
-    past_end = torch.arange(mel.shape[1]) >= lengths[:, None]
-    mel[past_end] = torch.from_numpy(rng.standard_normal((int(past_end.sum()), mel.shape[2])).astype(np.float32))
+    mel, lengths = noise_padded_batch([m for _, m in processed], 13, rng)
     with torch.inference_mode():
         return [rows for rows, _ in processed], io.encode_batch(mel, lengths)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.audio import noise
-from helpers.batches import padded_batch
+from helpers.batches import noise_padded_batch
 from helpers.checkpoints import TINY_WHISPER, assert_holds_tower, card_extractor, save_tiny_whisper
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -186,9 +186,7 @@ def check_hidden_states(io: ContinuousAudioIO, encoder: WhisperEncoder, wavs: li
     """A noise-padded batch of ``wavs``: find_length == preprocess's T == encode_batch's rows == HF's (whole encoder
     and the family's oracle on the trimmed one), values within ATOL of both."""
     processed = [io.preprocess((wav, 16000))[1] for wav in wavs]
-    mel, lengths = padded_batch([m for _, m in processed], extra=11)
-    past_end = torch.arange(mel.shape[1]) >= lengths[:, None]
-    mel[past_end] = torch.from_numpy(rng.standard_normal((int(past_end.sum()), mel.shape[2])).astype(np.float32))
+    mel, lengths = noise_padded_batch([m for _, m in processed], 11, rng)
     with torch.inference_mode():
         outs = io.encode_batch(mel, lengths)
     extractor = io.features.hf_extractor()

@@ -17,6 +17,17 @@ def padded_batch(mels: list[np.ndarray], extra: int = 0, fill: float = 0.0) -> t
     return batch, lengths
 
 
+def noise_padded_batch(
+    mels: list[np.ndarray], extra: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`padded_batch` with standard-normal noise (drawn from ``rng``) past every clip's end: padding that
+    shows if it leaks into a clip's rows."""
+    mel, lengths = padded_batch(mels, extra=extra)
+    past_end = torch.arange(mel.shape[1]) >= lengths[:, None]
+    mel[past_end] = torch.from_numpy(rng.standard_normal((int(past_end.sum()), mel.shape[2])).astype(np.float32))
+    return mel, lengths
+
+
 def silence_window(mel: torch.Tensor, level: float) -> torch.Tensor:
     """``mel`` followed by ``level`` up to 3000 frames (the extractor's silence after the clip)."""
     window = torch.full((WINDOW_FRAMES, mel.shape[1]), level)

@@ -12,7 +12,7 @@ import torch
 from contaudio import ContinuousAudioIO
 from contaudio.encoders.windows import ProcessorAudio, run_processor
 from helpers.audio import noise
-from helpers.batches import padded_batch
+from helpers.batches import noise_padded_batch
 
 SR = 16000
 WINDOW_SAMPLES = 30 * SR  # the processors' window: feature_extractor.chunk_length seconds
@@ -74,9 +74,7 @@ def disagreements(
     alone: HF's whole model on HF's processor output (``reference``), the family's oracle and, for ``returns="lm"``,
     the placeholders the processor wrote. Every way they differ; [] when counts agree and values are within ATOL."""
     processed = [io.preprocess((wav, SR))[1] for wav in wavs]
-    mel, lengths = padded_batch([m for _, m in processed], extra=PADDING_EXTRA)
-    past_end = torch.arange(mel.shape[1]) >= lengths[:, None]
-    mel[past_end] = torch.from_numpy(rng.standard_normal((int(past_end.sum()), mel.shape[2])).astype(np.float32))
+    mel, lengths = noise_padded_batch([m for _, m in processed], PADDING_EXTRA, rng)
     extractor = io.features.hf_extractor()
     processor = io.source.family.hf_processor(extractor)  # the registered family (a view may not have it)
     found = []
