@@ -61,8 +61,9 @@ from contaudio.encoders.qwen3_omni import (
     check_chunking,
     qwen3_omni_rows,
 )
-from contaudio.encoders.registry import EncoderFamily, IntOrTensor, register
+from contaudio.encoders.registry import PROJECTOR_LAYOUTS, EncoderFamily, IntOrTensor, register
 from contaudio.encoders.tokenizers import tiny_tokenizer
+from contaudio.encoders.windows import check_whole_model_config
 from contaudio.features.qwen3_asr import Qwen3ASRFeatures
 from contaudio.lengths import ceil_div
 
@@ -220,15 +221,10 @@ def lm_module_config(encoder_config: dict[str, Any], model_config: dict[str, Any
     {'audio_token_id': 3, 'model_type': 'qwen3_asr', 'audio_config': {'d_model': 8, 'model_type': 'qwen3_asr_encoder'},
      'text_config': {'hidden_size': 16}}
     """
-    if model_config is None or model_config.get("model_type") != MODEL_TYPE:
-        found = "no model config" if model_config is None else f"model_type {model_config.get('model_type')!r}"
-        raise ValueError(
-            f"qwen3_asr: returns='lm' needs the whole Qwen3-ASR model's config (model_type {MODEL_TYPE!r}: its "
-            f"text_config.hidden_size, the LM width), but this checkpoint or card has {found} (a bare audio-encoder "
-            "export, or a card without 'model_config'). Use returns='tower' (the tower's rows) or "
-            "returns='hidden_states', or load the whole model's checkpoint"
-        )
-    model = model_config.get(THINKER_KEY, model_config)
+    whole = check_whole_model_config(
+        "qwen3_asr", MODEL_TYPE, model_config, "text_config.hidden_size, the LM width", model="Qwen3-ASR model"
+    )
+    model = whole.get(THINKER_KEY, whole)
     width = (model.get("text_config") or {}).get("hidden_size")
     if width is None:
         raise ValueError(
@@ -253,8 +249,7 @@ class Qwen3ASRLM(Qwen3ASR):
     encoder_class = Qwen3ASRAudioTower
     config_class = Qwen3ASRConfig
     weight_prefixes = (
-        {"model.audio_tower.": "audio_tower.", "model.multi_modal_projector.": "multi_modal_projector."},  # 5.x saves
-        {"audio_tower.": "audio_tower.", "multi_modal_projector.": "multi_modal_projector."},
+        *PROJECTOR_LAYOUTS,  # transformers' names (the hub's, then 5.x's)
         qwen_projector_layout("thinker.audio_tower."),  # Qwen's own repos: the projector inside the tower
     )
     returns = (

@@ -331,6 +331,15 @@ def whole_model_config(
     ...                    "text_config.hidden_size")
     {'model_type': 'xm', 'text_config': {'hidden_size': 8}, 'audio_config': {'model_type': 'xe'}}
     """
+    whole = check_whole_model_config(family, model_type, model_config, reads, model)
+    return {**whole, "audio_config": dict(encoder_config)}
+
+
+def check_whole_model_config(
+    family: str, model_type: str, model_config: dict[str, Any] | None, reads: str, model: str = "model"
+) -> dict[str, Any]:
+    """``model_config`` when it is a whole ``model_type`` model's config; else the error
+    :func:`whole_model_config` describes."""
     if model_config is None or model_config.get("model_type") != model_type:
         found = "no model config" if model_config is None else f"model_type {model_config.get('model_type')!r}"
         raise ValueError(
@@ -338,7 +347,7 @@ def whole_model_config(
             f"this checkpoint or card has {found} (a bare audio-encoder export, or a card without 'model_config'). "
             "Use returns='tower' (the tower's rows) or returns='hidden_states', or load the whole model's checkpoint"
         )
-    return {**model_config, "audio_config": dict(encoder_config)}
+    return model_config
 
 
 class ProcessorWindowFamily(WindowFamily):
