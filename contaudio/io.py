@@ -416,7 +416,7 @@ class ContinuousAudioIO(AbsIO):
         width = int(kept_lengths.max())
         kept = mel[:, :width] if len(keep) == len(lengths) else mel[:, :width].index_select(0, keep.to(mel.device))
         batch = kept.to(device=device, dtype=self.torch_dtype, non_blocking=True)
-        with stack_runner(None if torch.is_grad_enabled() else self.graphs):
+        with stack_runner(self.graphs):  # taken only without grad (run_windowed_stack checks)
             flat = self.family.forward(encoder, batch, kept_lengths)
         kept_rows = rows[keep].tolist()
         if flat.shape[-2] != sum(kept_rows):

@@ -4,8 +4,8 @@ A clip or two is launch-bound on a GPU: the 7B tower's 32 layers issue ~15 kerne
 Python, and at 5 s x 1 the GPU idles between them (3.6 % MFU on an H200). ``ContinuousAudioIO(cuda_graphs=True)``
 replays the layer stack (:func:`~contaudio.encoders.packed.run_windowed_stack`, the bulk of the forward's kernel
 launches) of every family built on it (``EncoderFamily.graph_stack``: Qwen2.5-Omni, Qwen3-Omni, Qwen3-ASR,
-Qwen2-Audio) from a captured CUDA graph: one launch for all layers. The conv front end and the head stay eager
-(a few kernels each).
+Qwen2-Audio, Audio Flamingo 3) from a captured CUDA graph: one launch for all layers. The conv front end and
+the head stay eager (a few kernels each).
 
 Static shapes. A graph replays fixed shapes, so a batch's attention windows are laid out on a padded grid of
 ``GridBucket.windows`` windows (the next power of two) x ``GridBucket.window_len`` rows (the longest window,
@@ -33,7 +33,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from contaudio.encoders.packed import AttentionKernel, WindowLayout, equal_length_runs, run_layers, to_device
+from contaudio.encoders.packed import (
+    AttentionKernel,
+    WindowLayout,
+    equal_length_runs,
+    run_layers,
+    to_device,
+    window_grid,
+)
 from contaudio.lengths import ceil_div
 
 log = logging.getLogger(__name__)
@@ -79,10 +86,7 @@ def grid_index(window_rows: torch.Tensor, bucket: GridBucket) -> torch.Tensor:
     >>> grid_index(torch.tensor([2, 1]), GridBucket(windows=2, window_len=4)).tolist()
     [0, 1, 4]
     """
-    window_starts = torch.arange(len(window_rows)) * bucket.window_len
-    first_packed = torch.nn.functional.pad(window_rows.cumsum(0)[:-1], (1, 0))
-    offset_in_window = torch.arange(int(window_rows.sum())) - torch.repeat_interleave(first_packed, window_rows)
-    return torch.repeat_interleave(window_starts, window_rows) + offset_in_window
+    return window_grid(window_rows, bucket.window_len).flatten().nonzero().flatten()
 
 
 def grid_key_mask(window_rows: torch.Tensor, bucket: GridBucket) -> torch.Tensor:
@@ -94,7 +98,7 @@ def grid_key_mask(window_rows: torch.Tensor, bucket: GridBucket) -> torch.Tensor
     """
     keys = torch.ones(bucket.windows, dtype=torch.long)
     keys[: len(window_rows)] = window_rows
-    return (torch.arange(bucket.window_len) < keys[:, None])[:, None, None, :]
+    return window_grid(keys, bucket.window_len)[:, None, None, :]
 
 
 def grid_kernel(kernel: AttentionKernel) -> AttentionKernel:
@@ -165,15 +169,17 @@ class CudaGraphStacks:
             return None
         index = to_device(grid_index(window_rows, bucket), hidden.device)
         key_mask = to_device(grid_key_mask(window_rows, bucket), hidden.device)
-        if not self.capture:
+        if self.capture:
+            entry = self._captured(layers, bucket, hidden, kernel)
+            entry.grid.zero_().index_copy_(0, index, hidden)
+            entry.key_mask.copy_(key_mask)
+            entry.graph.replay()
+            self.replays += 1
+            output = entry.output
+        else:
             grid = hidden.new_zeros((bucket.rows, hidden.shape[1])).index_copy_(0, index, hidden)
-            return grid_stack(layers, grid, key_mask, kernel).index_select(0, index)
-        entry = self._captured(layers, bucket, hidden, kernel)
-        entry.grid.zero_().index_copy_(0, index, hidden)
-        entry.key_mask.copy_(key_mask)
-        entry.graph.replay()
-        self.replays += 1
-        return entry.output.index_select(0, index)  # a new tensor: the next replay overwrites the output buffer
+            output = grid_stack(layers, grid, key_mask, kernel)
+        return output.index_select(0, index)  # a new tensor: the next replay overwrites the output buffer
 
     def _captured(
         self, layers: nn.ModuleList, bucket: GridBucket, hidden: torch.Tensor, kernel: AttentionKernel

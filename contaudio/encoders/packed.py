@@ -112,7 +112,7 @@ class WindowLayout:
         buckets = equal_length_runs(window_rows)
         if bool((window_rows == window_len).all()):
             return cls(window_rows, window_len, num_rows, None, None, cu_seqlens, buckets)
-        valid = torch.arange(window_len) < window_rows[:, None]  # [num_windows, window_len]
+        valid = window_grid(window_rows, window_len)
         row_index = to_device(valid.flatten().nonzero().flatten(), device)
         key_mask = to_device(valid[:, None, None, :], device)
         return cls(window_rows, window_len, num_rows, row_index, key_mask, cu_seqlens, buckets)
@@ -143,6 +143,16 @@ class WindowLayout:
         """Padded ``[num_windows, window_len, *rest]`` -> packed ``[N, *rest]`` (padding dropped)."""
         flat = grid.reshape(self.num_windows * self.window_len, *grid.shape[2:])
         return flat if self.row_index is None else flat.index_select(0, self.row_index)
+
+
+def window_grid(window_rows: torch.Tensor, window_len: int) -> torch.Tensor:
+    """``[num_windows, window_len]`` bool: True where a window of ``window_rows (num_windows,)`` rows holds a row
+    (its first ``window_rows[i]`` places).
+
+    >>> window_grid(torch.tensor([2, 1]), 3).tolist()
+    [[True, True, False], [True, False, False]]
+    """
+    return torch.arange(window_len) < window_rows[:, None]
 
 
 def equal_length_runs(window_rows: torch.Tensor) -> tuple[tuple[int, int, int], ...]:
