@@ -17,6 +17,7 @@ import torch
 from helpers import window_modes as modes
 from helpers.audio import noise
 from helpers.checkpoints import TINY_AUDIOFLAMINGO3, card_extractor, perturb_, relayout, rename_prefixes
+from helpers.faults import moved_hidden_states
 from transformers.models.audioflamingo3.configuration_audioflamingo3 import AudioFlamingo3EncoderConfig
 from transformers.models.audioflamingo3.modeling_audioflamingo3 import AudioFlamingo3Encoder, AudioFlamingo3Model
 from transformers.models.audioflamingo3.processing_audioflamingo3 import AudioFlamingo3Processor
@@ -293,11 +294,7 @@ def test_hidden_states_check_fails_when_either_side_breaks(checkpoint, rng, monk
     assert len(modes.disagreements(last, wavs, rng, hidden_reference(model, last.layers))) == len(wavs)
     forward = AudioFlamingo3Encoder.forward
 
-    def moved(self, *args, **kwargs):
-        out = forward(self, *args, **kwargs)
-        if out.hidden_states is not None:
-            out.hidden_states = tuple(state + 1e-3 for state in out.hidden_states)
-        return out
+    moved = moved_hidden_states(forward)
 
     with monkeypatch.context() as patch:
         patch.setattr(AudioFlamingo3Encoder, "forward", moved)

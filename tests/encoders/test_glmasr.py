@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import window_modes as modes
 from helpers.checkpoints import TINY_GLMASR, perturb_, relayout, rename_prefixes
+from helpers.faults import moved_hidden_states
 from transformers.models.glmasr.configuration_glmasr import GlmAsrConfig
 from transformers.models.glmasr.modeling_glmasr import GlmAsrEncoder, GlmAsrModel
 from transformers.models.glmasr.processing_glmasr import GlmAsrProcessor
@@ -293,11 +294,7 @@ def test_hidden_states_check_fails_when_either_side_breaks(checkpoint, rng, monk
     assert fails_with(modes.disagreements(io, wavs, rng, hidden_reference(model, io.layers)), "the oracle", 2)
     forward = GlmAsrEncoder.forward
 
-    def moved(self, *args, **kwargs):
-        out = forward(self, *args, **kwargs)
-        if out.hidden_states is not None:
-            out.hidden_states = tuple(state + 1e-3 for state in out.hidden_states)
-        return out
+    moved = moved_hidden_states(forward)
 
     io = modes.mode_io(directory, "hidden_states", [0, 1])
     with monkeypatch.context() as patch:

@@ -28,6 +28,7 @@ from helpers.checkpoints import (
     relayout,
     rename_prefixes,
 )
+from helpers.faults import layers_one_deeper, moved_hidden_states
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen3ASRProcessor
 from transformers.models.qwen3_asr.modeling_qwen3_asr import (
@@ -40,7 +41,6 @@ import contaudio.encoders.qwen3_asr as qwen3_asr
 import contaudio.encoders.qwen3_omni as qwen3_omni
 from contaudio import ContinuousAudioIO
 from contaudio.encoders import get_family
-from contaudio.encoders.packed import windowed_hidden_states
 from contaudio.encoders.qwen3_asr import (
     PROCESSOR_TOKENS,
     Qwen3ASRLM,
@@ -326,18 +326,10 @@ def test_hidden_states_check_fails_when_either_side_breaks(checkpoint, processor
     assert mismatches(io, reference, wavs, rng) == []
     forward = Qwen3ASREncoder.forward
 
-    def deeper(layers, hidden, window_rows, kernel, wanted, layout=None):
-        shifted = tuple(min(index + 1, len(layers)) for index in wanted)
-        return windowed_hidden_states(layers, hidden, window_rows, kernel, shifted, layout)
-
-    def moved(self, *args, **kwargs):
-        out = forward(self, *args, **kwargs)
-        if out.hidden_states is not None:
-            out.hidden_states = tuple(state + 1e-3 for state in out.hidden_states)
-        return out
+    moved = moved_hidden_states(forward)
 
     faults = {
-        "ours: layers one deeper": (qwen3_omni, "windowed_hidden_states", deeper),
+        "ours: layers one deeper": (qwen3_omni, "windowed_hidden_states", layers_one_deeper),
         "ours: short clips unpadded": (qwen3_asr, "full_chunk_widths", qwen3_conv_widths),
         "HF: hidden states moved": (Qwen3ASREncoder, "forward", moved),
     }

@@ -32,6 +32,7 @@ from helpers.checkpoints import (
     perturb_,
     save_tiny_qwen3_omni,
 )
+from helpers.faults import layers_one_deeper, moved_hidden_states
 from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe, processing_qwen3_omni_moe
 from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
@@ -44,7 +45,6 @@ import contaudio.encoders.qwen3_omni as qwen3_omni
 from contaudio import ContinuousAudioIO
 from contaudio.encoders import get_family
 from contaudio.encoders.packed import chunk_frames_per_clip
-from contaudio.encoders.packed import windowed_hidden_states as packed_windowed_hidden_states
 from contaudio.encoders.qwen3_omni import (
     CHUNK_FRAMES,
     packed_forward,
@@ -485,24 +485,6 @@ def test_hidden_states_equal_the_models_output_hidden_states(tiny_qwen3_omni_che
     assert hidden_state_mismatches(io, model, processor, [noise(rng, n) for n in HIDDEN_SAMPLES], rng) == []
 
 
-def shifted_layers(layers, hidden, window_rows, kernel, wanted, layout=None):
-    """Our fault: every requested hidden state one layer deeper (the last stays)."""
-    deeper = tuple(min(index + 1, len(layers)) for index in wanted)
-    return packed_windowed_hidden_states(layers, hidden, window_rows, kernel, deeper, layout)
-
-
-def moved_hidden_states(forward):
-    """HF's fault: its tower's hidden states moved by 1e-3."""
-
-    def moved(self, *args, **kwargs):
-        out = forward(self, *args, **kwargs)
-        if out.hidden_states is not None:
-            out.hidden_states = tuple(state + 1e-3 for state in out.hidden_states)
-        return out
-
-    return moved
-
-
 def dropped_row(forward):
     """HF's fault: its tower's hidden states lose their last row."""
 
@@ -524,7 +506,7 @@ def test_hidden_states_check_fails_when_either_side_breaks(tiny_qwen3_omni_check
     assert hidden_state_mismatches(io, model, processor, wavs, rng) == []  # the baseline passes
     forward = Qwen3OmniMoeAudioEncoder.forward
     faults = {
-        "ours: layers one deeper": (qwen3_omni, "windowed_hidden_states", shifted_layers),
+        "ours: layers one deeper": (qwen3_omni, "windowed_hidden_states", layers_one_deeper),
         "ours: short clips padded": (qwen3_omni, "qwen3_conv_widths", lambda lengths, clips, width: torch.full_like(
             clips, width)),
         "ours: the row rule": (type(FAMILY), "hidden_rows", lambda self, m: qwen3_omni_rows(m) + 1),

@@ -30,6 +30,7 @@ from helpers.checkpoints import (
     rename_prefixes,
 )
 from helpers.families import voxtral_rows
+from helpers.faults import moved_hidden_states
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import VoxtralConfig, VoxtralProcessor
 from transformers.models.voxtral.modeling_voxtral import VoxtralEncoder, VoxtralModel
@@ -299,11 +300,7 @@ def test_hidden_states_check_fails_when_hfs_side_breaks(tiny_voxtral_checkpoint,
     check_hidden_states(io, model, wavs, rng)
     forward = VoxtralEncoder.forward
 
-    def moved(self, *args, **kwargs):
-        out = forward(self, *args, **kwargs)
-        if out.hidden_states is not None:
-            out.hidden_states = tuple(state + 1e-3 for state in out.hidden_states)
-        return out
+    moved = moved_hidden_states(forward)
 
     monkeypatch.setattr(VoxtralEncoder, "forward", moved)
     with pytest.raises(AssertionError):

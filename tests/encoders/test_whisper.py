@@ -20,6 +20,7 @@ import torch
 from helpers.audio import noise
 from helpers.batches import noise_padded_batch
 from helpers.checkpoints import TINY_WHISPER, assert_holds_tower, card_extractor, save_tiny_whisper
+from helpers.faults import moved_hidden_states
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from contaudio import ContinuousAudioIO
@@ -228,11 +229,7 @@ def test_hidden_states_check_fails_when_either_side_breaks(tiny_whisper_checkpoi
             check_hidden_states(hidden_io(directory, [1]), hf_encoder, wavs, rng)
     forward = WhisperEncoder.forward
 
-    def moved(self, *args, **kwargs):
-        out = forward(self, *args, **kwargs)
-        if out.hidden_states is not None:
-            out.hidden_states = tuple(state + 1e-3 for state in out.hidden_states)
-        return out
+    moved = moved_hidden_states(forward)
 
     with monkeypatch.context() as patch:
         patch.setattr(WhisperEncoder, "forward", moved)
