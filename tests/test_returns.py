@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.audio import noise
-from helpers.batches import padded_batch
+from helpers.batches import clips_and_batch
 
 from contaudio import ContinuousAudioIO
 from contaudio.encoders import get_family
@@ -23,14 +23,6 @@ def build(returns: str | None = None, layers: list[int] | None = None, tag: str 
     return ContinuousAudioIO(
         encoder_hf_model_tag=tag, weights="random", dtype="float32", returns=returns, layers=layers
     )
-
-
-def clips_and_batch(io: ContinuousAudioIO) -> tuple[list[np.ndarray], list, torch.Tensor, torch.Tensor]:
-    rng = np.random.default_rng(0)
-    wavs = [noise(rng, n) for n in CLIP_SAMPLES]
-    pre = [io.preprocess((wav, io.sample_rate)) for wav in wavs]
-    mel, lengths = padded_batch([p[1][1] for p in pre], extra=9, fill=0.5)  # noise-like padding shows leaks
-    return wavs, pre, mel, lengths
 
 
 # ------------------------------------------------------------------------------------------- choosing a mode
@@ -69,7 +61,7 @@ def test_qwen_omni_lm_is_the_tower_and_unchanged() -> None:
     default, lm, tower = build(), build("lm"), build("tower")
     assert default.feature_dim() == lm.feature_dim() == tower.feature_dim() == 48
     assert default.state_dict().keys() == tower.state_dict().keys()
-    _, pre, mel, lengths = clips_and_batch(default)
+    _, pre, mel, lengths = clips_and_batch(default, CLIP_SAMPLES)
     with torch.inference_mode():
         outs = [io.encode_batch(mel, lengths) for io in (default, lm, tower)]
     for a, b, c, p in zip(*outs, pre, strict=True):
@@ -87,7 +79,7 @@ def test_hidden_states_equal_hf_output_hidden_states(layers: list[int]) -> None:
     assert isinstance(io.family, HiddenStatesView)
     assert len(io.encoder.layers) == max(*io.layers, 1)  # the layers up to the deepest one (HF records 0 in one)
     assert io.feature_dim() == 32  # the tower's width, not the LM's
-    wavs, pre, mel, lengths = clips_and_batch(io)
+    wavs, pre, mel, lengths = clips_and_batch(io, CLIP_SAMPLES)
     extractor = io.features.hf_extractor()
     with torch.inference_mode():
         outs = io.encode_batch(mel, lengths)
@@ -114,7 +106,7 @@ def test_hidden_states_of_the_trimmed_tower_are_the_whole_towers() -> None:
 def test_hidden_states_mismatch_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
     """The comparison fails when our side skips a layer, and when HF's side answers another hidden state."""
     io = build("hidden_states", [2])
-    wavs, _, mel, lengths = clips_and_batch(io)
+    wavs, _, mel, lengths = clips_and_batch(io, CLIP_SAMPLES)
     extractor = io.features.hf_extractor()
     with torch.inference_mode():
         good = io.encode_batch(mel, lengths)[0]

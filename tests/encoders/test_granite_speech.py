@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.audio import noise
-from helpers.batches import padded_batch, random_padded_batch
+from helpers.batches import clips_and_batch, random_padded_batch
 from helpers.checkpoints import TINY_GRANITE_SPEECH, assert_holds_tower, perturb_, save_tiny_granite_speech
 from safetensors.torch import save_file
 from transformers.models.granite_speech import feature_extraction_granite_speech as hf_features
@@ -192,17 +192,6 @@ RANDOM_SAMPLES = 6  # and a few seeded random sample counts up to 5 s
 
 def tiny_io(**kwargs) -> ContinuousAudioIO:
     return ContinuousAudioIO(encoder_hf_model_tag=TINY_GRANITE_SPEECH, weights="random", dtype="float32", **kwargs)
-
-
-def clips_and_batch(
-    io: ContinuousAudioIO, samples: list[int]
-) -> tuple[list[np.ndarray], list, torch.Tensor, torch.Tensor]:
-    """Noise clips of ``samples``, their preprocess results and their mel batch padded with noise-like 0.5."""
-    rng = np.random.default_rng(0)
-    wavs = [noise(rng, n) for n in samples]
-    pre = [io.preprocess((wav, io.sample_rate)) for wav in wavs]
-    mel, lengths = padded_batch([p[1][1] for p in pre], extra=9, fill=0.5)
-    return wavs, pre, mel, lengths
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.audio import noise
-from helpers.batches import padded_batch, random_padded_batch
+from helpers.batches import clips_and_batch, random_padded_batch
 from helpers.checkpoints import (
     INLINE_PROMPT,
     TINY_AUDIO_TOKEN,
@@ -247,19 +247,10 @@ def tiny_io(**kwargs) -> ContinuousAudioIO:
     return ContinuousAudioIO(encoder_hf_model_tag=TINY_PHI4_MULTIMODAL, weights="random", dtype="float32", **kwargs)
 
 
-def clips_and_batch(io: ContinuousAudioIO) -> tuple[list[np.ndarray], list, torch.Tensor, torch.Tensor]:
-    """Noise clips of :data:`CLIP_SAMPLES`, their preprocess results and a batch padded with noise-like 0.5."""
-    rng = np.random.default_rng(0)
-    wavs = [noise(rng, n) for n in CLIP_SAMPLES]
-    pre = [io.preprocess((wav, io.sample_rate)) for wav in wavs]
-    mel, lengths = padded_batch([p[1][1] for p in pre], extra=9, fill=0.5)
-    return wavs, pre, mel, lengths
-
-
 @pytest.fixture(scope="module")
 def lm() -> tuple[ContinuousAudioIO, list[np.ndarray], list, torch.Tensor, torch.Tensor]:
     io = tiny_io(returns="lm")
-    return io, *clips_and_batch(io)
+    return io, *clips_and_batch(io, CLIP_SAMPLES)
 
 
 def test_lm_rule_is_the_extractors_embed_size() -> None:
@@ -464,7 +455,7 @@ def test_hidden_states_equal_hfs_per_layer(layers: list[int]) -> None:
     deepest one are built."""
     io = tiny_io(returns="hidden_states", layers=layers)
     assert len(io.encoder.encoders) == max(io.layers) and io.feature_dim() == 32
-    wavs, pre, mel, lengths = clips_and_batch(io)
+    wavs, pre, mel, lengths = clips_and_batch(io, CLIP_SAMPLES)
     extractor = io.features.hf_extractor()
     with torch.inference_mode():
         outs = io.encode_batch(mel, lengths)
@@ -491,7 +482,7 @@ def test_hidden_states_are_hfs_layer_inputs_and_tower_output(encoder, frames: in
 def test_hidden_states_mismatch_is_seen(monkeypatch) -> None:
     """Our side skipping a layer, and HF's layer answering otherwise, each make the comparison fail."""
     io = tiny_io(returns="hidden_states", layers=[1])
-    wavs, _, mel, lengths = clips_and_batch(io)
+    wavs, _, mel, lengths = clips_and_batch(io, CLIP_SAMPLES)
     extractor = io.features.hf_extractor()
     with torch.inference_mode():
         good = io.encode_batch(mel, lengths)[0]

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from contaudio.encoders.windows import WINDOW_FRAMES
+from helpers.audio import noise
 
 
 def padded_batch(mels: list[np.ndarray], extra: int = 0, fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,6 +27,18 @@ def noise_padded_batch(
     past_end = torch.arange(mel.shape[1]) >= lengths[:, None]
     mel[past_end] = torch.from_numpy(rng.standard_normal((int(past_end.sum()), mel.shape[2])).astype(np.float32))
     return mel, lengths
+
+
+NOISE_LIKE_FILL = 0.5  # clips_and_batch's padding: a value a padding leak moves rows by
+
+
+def clips_and_batch(io, samples: list[int]) -> tuple[list[np.ndarray], list, torch.Tensor, torch.Tensor]:
+    """Noise clips of ``samples`` (seeded), ``io.preprocess`` of each and their mel batch padded with noise-like 0.5."""
+    rng = np.random.default_rng(0)
+    wavs = [noise(rng, n) for n in samples]
+    pre = [io.preprocess((wav, io.sample_rate)) for wav in wavs]
+    mel, lengths = padded_batch([p[1][1] for p in pre], extra=9, fill=NOISE_LIKE_FILL)
+    return wavs, pre, mel, lengths
 
 
 def silence_window(mel: torch.Tensor, level: float) -> torch.Tensor:
