@@ -200,8 +200,8 @@ def bench_features(
     synchronize(io.device)
     alone = None if ceiling_only else encode_only(io, clips, ExtractOptions(out=root, **options))  # warms kernels
     rows = []
-    for n in workers:
-        name = "auto" if n is None else str(n)
+    for run, n in enumerate(workers):  # a run's own folders: a worker count given twice is measured twice
+        name = f"{run}-{'auto' if n is None else n}"
         if not ceiling_only:
             summary = extract_with(io, clips, io_kwargs, ExtractOptions(out=root / f"features-{name}", workers=n,
                                                                         **options), RankInfo())  # fmt: skip
@@ -246,8 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audio-s", type=float, default=60.0, help="features: seconds of audio to encode")
     parser.add_argument("--clip-s", type=float, nargs=2, default=(2.0, 10.0), metavar=("MIN", "MAX"),
                         help="features: clip durations, uniform between MIN and MAX seconds")  # fmt: skip
-    parser.add_argument("--workers", type=workers_arg, nargs="+", default=[2],
-                        help="features: data-loader workers (auto: extract's default from the cores)")  # fmt: skip
+    parser.add_argument("--workers", type=workers_arg, nargs="+", default=[None],
+                        help="features: data-loader workers (default: auto, extract's default)")  # fmt: skip
     parser.add_argument("--tag", default=TAG, help="features: the encoder (contaudio/tiny-qwen2.5-omni: the host's"
                         " own ceiling matters most)")  # fmt: skip
     parser.add_argument("--max-frames", type=int, default=3000, help="features: padded mel frames per batch")
