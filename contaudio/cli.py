@@ -143,8 +143,8 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cuda-graphs",
         action="store_true",
-        help="CUDA only: replay the layer stack from a CUDA graph per bucket of padded shapes (small batches are "
-        "launch-bound; Qwen-Omni, Qwen3-ASR, Qwen2-Audio, Audio Flamingo 3)",
+        help="CUDA only, experimental: replay the layer stack from a CUDA graph per bucket of padded shapes (small "
+        "batches are launch-bound; Qwen-Omni, Qwen3-ASR, Qwen2-Audio, Audio Flamingo 3)",
     )
 
 

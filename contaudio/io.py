@@ -184,6 +184,7 @@ class ContinuousAudioIO(AbsIO):
         cuda_graphs: on CUDA, replay the layer stack from a CUDA graph per bucket of padded shapes when
             ``encode_batch`` runs without grad (small batches are launch-bound; :mod:`contaudio.encoders.graphs`).
             Families whose layers run through the packed windowed stack only (``graph_stack``); refused on CPU.
+            Experimental: its GPU tests (``tests/encoders/test_graphs_gpu.py``) have not yet run on a GPU.
     """
 
     tower_path: ClassVar[str] = CONTAUDIO_TOWER_PATH  # the tower's place in this module (its state_dict prefix)
