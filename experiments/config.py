@@ -19,7 +19,7 @@ class EncoderConf:
     max_duration_s: float | None = None
     returns: str | None = None  # encoder.returns=lm | tower | hidden_states (null: lm; whisper: tower)
     layers: list[int] | None = None  # encoder.returns=hidden_states encoder.layers=[4,-1]: HF's hidden_states indices
-    cuda_graphs: bool = False  # CUDA: replay the layer stack from a graph per bucket of padded shapes
+    cuda_graphs: bool = False  # CUDA, experimental: replay the layer stack from a graph per bucket of padded shapes
 
 
 @dataclass
