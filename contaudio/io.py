@@ -217,8 +217,7 @@ class ContinuousAudioIO(AbsIO):
             raise ValueError(f"encoder_choice must be one of {ENCODER_CHOICES}, got {encoder_choice!r}")
         target = parse_device(device)
         self.dtype_choice: DtypeChoice = resolve_dtype(dtype, target)
-        self.torch_dtype = self.dtype_choice.dtype
-        self.attn_implementation = check_attn_implementation(attn_implementation, target, self.torch_dtype)
+        self.attn_implementation = check_attn_implementation(attn_implementation, target, self.dtype_choice.dtype)
         self.policy = AudioPolicy(resample, multichannel, max_duration_s, normalize)
         self.frontend = check_frontend(frontend, self.policy)
         self.long_clip = check_long_clip_policy(long_clip)
@@ -299,6 +298,14 @@ class ContinuousAudioIO(AbsIO):
     @property
     def device(self) -> torch.device:
         return next(self._require_encoder().parameters()).device
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The dtype ``encode_batch`` computes in: the encoder's weights' (it follows a cast of the whole module,
+        ``.to(torch.bfloat16)`` or ``.half()``, as a trainer makes), or the one chosen at construction where there is
+        no encoder (a worker copy)."""
+        encoder = self.encoder
+        return self.dtype_choice.dtype if encoder is None else next(encoder.parameters()).dtype
 
     def feature_dim(self) -> int:
         """The encoder's output width (3584 for Qwen2.5-Omni-7B, 2048 for -3B)."""

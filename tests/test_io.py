@@ -146,6 +146,27 @@ def test_dummy_forward_is_the_raw_output_in_the_callers_dtype(tiny_io) -> None:
     tiny_io.encoder.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("cast", ["to", "half"])
+def test_a_cast_of_the_whole_module_is_followed(case, cast: str, rng) -> None:
+    """A trainer casting the model (``model.to(torch.bfloat16)``, ``.half()``) casts the tower's weights:
+    encode_batch and dummy_forward compute in the weights' dtype (they used to feed float32 mel to bf16 convs)."""
+    io = ContinuousAudioIO(encoder_hf_model_tag=case.card, weights="random", dtype="float32")
+    mel = torch.from_numpy(rng.standard_normal((2, 300, io.n_mels), dtype=np.float32))
+    lengths = torch.tensor([300, 210])
+    with torch.no_grad():
+        before = io.encode_batch(mel, lengths)
+        dtype = torch.bfloat16 if cast == "to" else torch.float16
+        io.to(torch.bfloat16) if cast == "to" else io.half()
+        after = io.encode_batch(mel, lengths)
+    assert io.torch_dtype == dtype and io.copy_for_worker().torch_dtype == torch.float32  # a copy: the choice
+    for cast_rows, rows in zip(after, before, strict=True):
+        assert cast_rows.dtype == dtype and cast_rows.shape == rows.shape
+        assert float((cast_rows.float() - rows).norm() / rows.norm()) < 0.05  # the same model, rounded
+    out = io.dummy_forward(torch.zeros(1))
+    (0.0 * out.sum()).backward()
+    assert not [name for name, p in io.encoder.named_parameters() if p.requires_grad and p.grad is None]
+
+
 def test_copy_for_worker_is_light_and_equal(tiny_io, rng) -> None:
     worker = tiny_io.copy_for_worker()
     assert worker.encoder is None and sum(1 for _ in worker.parameters()) == 0
