@@ -39,11 +39,12 @@ ChannelPolicy = Literal["average", "raise"]
 _logged_once: set[str] = set()
 
 
-def log_once(key: str, message: str) -> None:
-    """Log ``message`` at INFO the first time ``key`` is seen in this process."""
+def log_once(key: str, message: str, level: int = logging.WARNING) -> None:
+    """Log ``message`` the first time ``key`` is seen in this process: by default a WARNING, which Python's logging
+    shows unconfigured (a clip resampled, downmixed or transposed is never changed out of sight)."""
     if key not in _logged_once:
         _logged_once.add(key)
-        log.info(message)
+        log.log(level, message)
 
 
 @dataclass(frozen=True)
@@ -123,12 +124,12 @@ def waveform_shape(wav: Any) -> tuple[int, int]:
         raise ValueError(
             f"wav must have shape [C, N] (channels, samples) or [N], got {len(shape)}-D shape {tuple(wav.shape)}"
         )
+    if 0 in shape:
+        raise ValueError(f"wav is empty (shape {tuple(wav.shape)}); drop empty clips before preprocessing")
     if is_samples_by_channels(shape):
         log_once(f"transpose-{shape[1]}", f"wav of shape {shape} read as [N, C] (samples, channels): transposed")
         shape = shape[::-1]
     channels, num_samples = shape
-    if num_samples == 0 or channels == 0:
-        raise ValueError(f"wav is empty (shape {tuple(wav.shape)}); drop empty clips before preprocessing")
     return channels, num_samples
 
 

@@ -508,7 +508,9 @@ class ContinuousAudioIO(AbsIO):
             discarded = [name for name in self.dropped_weights if state_dict.pop(tower + name, None) is not None]
             if discarded:
                 log_once(
-                    f"discard-{prefix}", f"ignoring checkpoint weights the encoder never reads: {', '.join(discarded)}"
+                    f"discard-{prefix}",
+                    f"ignoring checkpoint weights the encoder never reads: {', '.join(discarded)}",
+                    logging.INFO,
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

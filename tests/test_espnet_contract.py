@@ -37,7 +37,7 @@ from torch import nn
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
 
-from contaudio import ContinuousAudioIO
+from contaudio import ContinuousAudioIO, audio
 from contaudio.lengths import ceil_div, resampled_length
 
 QWEN_7B = "Qwen/Qwen2.5-Omni-7B"
@@ -122,6 +122,23 @@ def test_find_length_in_a_multiprocessing_pool(stats_io) -> None:
 
 
 # --------------------------------------------------------------------------------------- preprocess
+def test_a_clip_changed_before_its_features_is_a_warning_once(tiny_io, rng, caplog, monkeypatch) -> None:
+    """Resampled, downmixed, transposed: one WARNING each per process (shown by unconfigured logging), not INFO."""
+    monkeypatch.setattr(audio, "_logged_once", set())
+    stereo = np.stack([noise(rng, 44100), noise(rng, 44100)]).T.copy()  # [N, C] at 44.1 kHz
+    with caplog.at_level(logging.WARNING, logger="contaudio.audio"):
+        for _ in range(2):
+            tiny_io.preprocess((stereo, 44100))
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 3, messages
+    for word in ("resampling 44100 Hz", "averaging 2 channels", "transposed"):
+        assert any(word in m for m in messages), (word, messages)
+    caplog.clear()
+    with pytest.raises(ValueError, match="wav is empty"), caplog.at_level(logging.WARNING, logger="contaudio.audio"):
+        tiny_io.preprocess((np.zeros((1, 0), np.float32), 16000))  # refused as it is, not "transposed" first
+    assert not caplog.records
+
+
 def test_samples_by_channels_is_transposed_once_logged(tiny_io, rng, caplog) -> None:
     stereo = np.stack([noise(rng, 16000), noise(rng, 16000)])  # [C, N]
     canonical = tiny_io.preprocess((stereo, 16000))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from contaudio.audio import normalize
+from contaudio.audio import log_once, normalize
 from contaudio.features.whisper import FeatureConfig, reflected_log_mel
 from contaudio.lengths import IntOrTensor
 
@@ -41,6 +41,22 @@ class EspnetWhisperFeatures(FeatureConfig):
         [0, 1, 100, 100]
         """
         return num_samples // self.hop_length
+
+    def check_samples(self, num_samples: IntOrTensor) -> None:
+        """ESPnet's ``find_length`` counts a clip its ``preprocess`` cannot extract (``<= n_fft // 2`` samples:
+        0 or 1 rows), and so does this front end, which keeps its counts: with a warning, once, that ``preprocess``
+        refuses such a clip (drop clips that short from the data before training)."""
+        if isinstance(num_samples, torch.Tensor):
+            if not num_samples.numel():
+                return
+            num_samples = int(num_samples.min())
+        if num_samples <= self.n_fft // 2:
+            log_once(
+                "espnet-too-short",
+                f"find_length counts a clip of {num_samples} samples as ESPnet's class does, but preprocess refuses it "
+                f"(the unpadded log-mel reflects n_fft // 2 = {self.n_fft // 2} samples at each end): drop clips of "
+                f"<= {self.n_fft // 2} samples from the data",
+            )
 
     def compute(self, wav: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``[N]`` float32 at 16 kHz -> ``[N // hop, n_mels]``: normalise over the clip, then the reflected log-mel."""

@@ -7,6 +7,7 @@ ESPnet's class calls it, ESPnet's parameter names, the constructor ESPnet's YAML
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import numpy as np
@@ -16,6 +17,7 @@ from helpers.audio import noise, speech_clips_16k
 from helpers.checkpoints import TINY_GEMMA3N, TINY_QWEN_OMNI
 
 from contaudio import ContinuousAudioIO as ContaudioIO
+from contaudio import audio
 from contaudio.integrations import espnet
 from contaudio.integrations.espnet import ContinuousAudioIO
 
@@ -85,6 +87,19 @@ def test_resampling_needs_torchaudio_and_says_so(io, rng, monkeypatch) -> None:
 def test_a_clip_too_short_to_reflect_is_refused_clearly(io) -> None:
     with pytest.raises(ValueError, match="more than 200 samples"):
         io.preprocess((np.full((1, 200), 0.1, np.float32), 16000))
+
+
+def test_find_length_counts_such_a_clip_as_espnet_does_with_a_warning_once(io, caplog, monkeypatch) -> None:
+    """ESPnet's find_length gives N // 160 (0 or 1 rows) for a clip its preprocess cannot extract; so does this
+    front end (``tests/integration`` compares every N with ESPnet's), and it warns that preprocess refuses it."""
+    monkeypatch.setattr(audio, "_logged_once", set())
+    with caplog.at_level(logging.WARNING, logger="contaudio.audio"):
+        assert io.find_length(201) == io.find_length(None, before_length=201 // 160)  # long enough: no warning
+        assert not caplog.records
+        counts = [io.find_length(n) for n in (150, 200)] + [io.find_length(torch.tensor([16000, 180])).tolist()]
+    assert counts == [0, io.find_length(None, before_length=1), [io.find_length(16000), 0]]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "preprocess refuses it" in caplog.records[0].getMessage()
 
 
 def test_frontends_refuse_what_they_cannot_do() -> None:
