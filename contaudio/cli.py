@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,13 +19,18 @@ from contaudio.dtypes import AUTO, DTYPES
 from contaudio.encoders import UNAVAILABLE, all_cards
 from contaudio.encoders.loading import WEIGHTS_MODES
 from contaudio.encoders.registry import RETURNS
-from contaudio.encoders.windows import LONG_CLIP_POLICIES
+from contaudio.encoders.windows import LONG_CLIP_POLICIES, ClipTooLongError
 from contaudio.extract.command import add_extract_commands
 from contaudio.extract.manifests import ManifestError
 from contaudio.extract.shards import OutputMismatchError, RefusedError
 from contaudio.io import ContinuousAudioIO
 
 USAGE_ERROR = 2  # argparse's exit status for a refused command line
+FILES_FAILED = 1  # encode: some files could not be encoded (the others were)
+
+
+class FilesFailedError(Exception):
+    """``encode``: files that could not be read or were refused (each said on stderr as it came)."""
 
 
 def read_audio(path: Path) -> tuple[torch.Tensor, int]:
@@ -32,7 +39,30 @@ def read_audio(path: Path) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(samples.T.copy()), sr
 
 
+def check_encode_files(files: Sequence[Path], out: Path | None) -> None:
+    """Refuse, before an encoder is built, what ``encode`` could not finish: a missing file, an ``--out`` it
+    cannot write, or two files whose tensors would share a key in ``--out`` (a file's name without suffix)."""
+    if missing := [str(path) for path in files if not path.is_file()]:
+        raise RefusedError(f"no such file: {', '.join(missing)}")
+    if out is None:
+        return
+    by_key: dict[str, list[str]] = {}
+    for path in files:
+        by_key.setdefault(path.stem, []).append(str(path))
+    if clashes := {key: paths for key, paths in by_key.items() if len(paths) > 1}:
+        named = "; ".join(f"{key!r}: {', '.join(paths)}" for key, paths in clashes.items())
+        raise RefusedError(f"--out keys each tensor by its file's name without suffix, and these files share one "
+                           f"({named}): rename them, or encode them in separate runs")  # fmt: skip
+    if out.is_dir():
+        raise RefusedError(f"--out {out} is a folder: name the .safetensors file to write")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise RefusedError(f"--out {out}: its folder {out.parent} does not exist or is not writable")
+
+
 def encode(args: argparse.Namespace) -> None:
+    """Encode each file alone; a file that cannot be read or is refused is reported (stderr) and skipped, the
+    others are written, and the command exits 1."""
+    check_encode_files(args.files, args.out)
     start = time.perf_counter()
     try:
         io = ContinuousAudioIO(
@@ -48,10 +78,17 @@ def encode(args: argparse.Namespace) -> None:
         print("note: random weights: lengths, shapes and speed are real; the feature values are not")
     print(f"{'file':<40} {'dur_s':>7} {'frames':>7} {'rows':>6} {'pre_ms':>8} {'enc_ms':>8}")
     features: dict[str, torch.Tensor] = {}
+    failed: list[Path] = []
     for path in args.files:
-        wav, sr = read_audio(path)
-        t0 = time.perf_counter()
-        _, (rows, mel), _ = io.preprocess((wav, sr))
+        try:
+            wav, sr = read_audio(path)
+            t0 = time.perf_counter()
+            _, (rows, mel), _ = io.preprocess((wav, sr))
+        except (ValueError, soundfile.SoundFileError) as err:  # unreadable, or refused (empty, NaN, too long, ...)
+            hint = " (CLI: --long-clip windows)" if isinstance(err, ClipTooLongError) else ""
+            print(f"{path}: {err}{hint}", file=sys.stderr)
+            failed.append(path)
+            continue
         t1 = time.perf_counter()
         with torch.inference_mode():
             (feats,) = io.encode_batch(torch.from_numpy(mel)[None], torch.tensor([mel.shape[0]]))
@@ -64,6 +101,8 @@ def encode(args: argparse.Namespace) -> None:
     if args.out:
         save_file(features, str(args.out), metadata={"tag": args.tag, "weights": args.weights})
         print(f"wrote {len(features)} feature matrices to {args.out}")
+    if failed:
+        raise FilesFailedError(f"{len(failed)} of {len(args.files)} files could not be encoded (said above)")
 
 
 def cards(_: argparse.Namespace) -> None:
@@ -77,6 +116,9 @@ def cards(_: argparse.Namespace) -> None:
 
 
 ENCODE_EPILOG = """\
+exit status: 0 done; 1 some files could not be read or were refused (each said on stderr; the
+others are written); 2 refused before encoding (a missing file, an --out it cannot write, an encoder
+it cannot build).
 rows: the LM positions of each file, as ContinuousAudioIO.find_length counts them from (wav, sr),
 a sample count at 16 kHz, or find_length(None, before_length=M) with M the clip's *mel-frame* count
 (ESPnet's convention: before_length=100 gives 25 rows on Qwen2.5-Omni).
@@ -98,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, ...)")
     add_encoder_arguments(enc)
-    enc.add_argument("--out", type=Path, help="write features to this .safetensors file (one tensor per file)")
+    enc.add_argument("--out", type=Path, help="write features to this .safetensors file (one tensor per file, "
+                     "keyed by its name without suffix)")  # fmt: skip
     enc.set_defaults(func=encode)
     lst = sub.add_parser("cards", help="list the shipped config cards")
     lst.set_defaults(func=cards)
@@ -158,3 +201,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.func(args)
     except (ManifestError, OutputMismatchError, RefusedError) as err:
         parser.exit(USAGE_ERROR, f"error: {err}\n")
+    except FilesFailedError as err:
+        parser.exit(FILES_FAILED, f"error: {err}\n")

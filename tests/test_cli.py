@@ -9,10 +9,10 @@ from helpers.audio import SPEECH_DIR
 from helpers.checkpoints import TINY_QWEN_OMNI
 from safetensors.torch import load_file
 
+from contaudio import cli
 from contaudio.cli import main
 from contaudio.encoders import FAMILIES, UNAVAILABLE
 from contaudio.encoders.qwen2_5_omni import qwen2_5_omni_rows
-from contaudio.encoders.windows import ClipTooLongError
 
 
 def test_encode_prints_lengths_and_writes_features(tmp_path, capsys) -> None:
@@ -41,10 +41,55 @@ def test_long_file_on_a_30_s_encoder_needs_the_windows_policy(tmp_path, capsys) 
     long = tmp_path / "long.wav"
     soundfile.write(long, np.zeros(31 * 16000, np.float32) + 0.01, 16000)
     common = ["encode", str(long), "--tag", "contaudio/tiny-whisper", "--weights", "random", "--dtype", "fp32"]
-    with pytest.raises(ClipTooLongError, match="long_clip='windows'"):
+    with pytest.raises(SystemExit) as exited:
         main(common)
+    assert exited.value.code == 1
+    assert "--long-clip windows" in capsys.readouterr().err
     main([*common, "--long-clip", "windows"])
     assert "long.wav" in capsys.readouterr().out
+
+
+def test_a_file_that_cannot_be_encoded_is_said_and_skipped_the_others_written(tmp_path, capsys) -> None:
+    good = SPEECH_DIR / "quick_brown_fox_16k.wav"
+    (empty := tmp_path / "empty.wav").write_bytes(b"")
+    (garbage := tmp_path / "garbage.flac").write_bytes(b"not audio at all")
+    soundfile.write(nan := tmp_path / "nan.wav", np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    out = tmp_path / "feats.safetensors"
+    with pytest.raises(SystemExit) as exited:
+        main(["encode", str(empty), str(good), str(garbage), str(nan), "--tag", TINY_QWEN_OMNI, "--weights",
+              "random", "--dtype", "fp32", "--out", str(out)])  # fmt: skip
+    assert exited.value.code == 1
+    said = capsys.readouterr().err
+    assert all(f"{path}: " in said for path in (empty, garbage, nan)), said
+    assert "3 of 4 files could not be encoded" in said and "NaN" in said
+    assert set(load_file(out)) == {good.stem}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: [d / "missing.wav"], "no such file: "),
+        (lambda d: [SPEECH_DIR / "quick_brown_fox_16k.wav", copied(d, "quick_brown_fox_16k.flac")], "share one"),
+        (lambda d: [SPEECH_DIR / "quick_brown_fox_16k.wav", "--out", str(d)], "is a folder"),
+        (lambda d: [SPEECH_DIR / "quick_brown_fox_16k.wav", "--out", str(d / "no" / "f.safetensors")], "not writable"),
+    ],
+    ids=["missing file", "two files one key", "out is a folder", "out's folder missing"],
+)
+def test_what_encode_could_not_finish_is_refused_before_building(make, message, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(cli, "ContinuousAudioIO", lambda **_: pytest.fail("built an encoder for a refused command"))
+    args = [str(a) for a in make(tmp_path)]
+    args += [] if "--out" in args else ["--out", str(tmp_path / "feats.safetensors")]
+    with pytest.raises(SystemExit) as exited:
+        main(["encode", *args, "--tag", TINY_QWEN_OMNI, "--weights", "random"])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def copied(folder, name: str):
+    """The committed clip under another suffix in ``folder`` (its key in --out is the same)."""
+    data, sr = soundfile.read(SPEECH_DIR / "quick_brown_fox_16k.wav")
+    soundfile.write(folder / name, data, sr)
+    return folder / name
 
 
 def test_cards_lists_every_family(capsys) -> None:
