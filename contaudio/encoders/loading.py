@@ -9,6 +9,7 @@ missing or unexpected key is an error, never a silently random weight.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -55,6 +56,8 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 OFFLINE_HINT = "to run offline with random weights, pass weights='random' (CLI: --weights random)"
+RANDOM_HINT = "random weights still need the model's config: name a shipped card (`contaudio cards` lists them)"
+CARD_NAMESPACE = "contaudio/"  # the test cards' names: never a hub repo
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -64,11 +67,14 @@ class WeightsNotFoundError(FileNotFoundError):
 class CheckpointFiles:
     """Files of a checkpoint, from a local directory or the HF hub/cache."""
 
-    def __init__(self, tag: str, repo_id: str | None = None, revision: str | None = None) -> None:
+    def __init__(
+        self, tag: str, repo_id: str | None = None, revision: str | None = None, hint: str = OFFLINE_HINT
+    ) -> None:
         self.tag = tag
         self.repo_id = repo_id
         self.revision = revision
         self.local_dir = None if repo_id else Path(tag)
+        self.hint = hint  # the way out a "not found" message ends with
 
     def where(self) -> str:
         if self.local_dir is not None:
@@ -82,7 +88,7 @@ class CheckpointFiles:
             if path.is_file():
                 return str(path)
             if required:
-                raise WeightsNotFoundError(f"{self.where()} has no {filename}; {OFFLINE_HINT}")
+                raise WeightsNotFoundError(f"{self.where()} has no {filename}; {self.hint}")
             return None
         return self._get_from_hub(filename, required=required)
 
@@ -98,7 +104,7 @@ class CheckpointFiles:
             raise WeightsNotFoundError(
                 f"{filename} of {self.repo_id!r} is not in the HF cache ({hub_constants.HF_HUB_CACHE}) and "
                 f"HF_HUB_OFFLINE is set, so the hub was not asked. Download it where there is a network "
-                f"(hf download {self.repo_id}), pass a local directory, or {OFFLINE_HINT}"
+                f"(hf download {self.repo_id}), pass a local directory, or {self.hint}"
             )
         try:
             return hf_hub_download(**kwargs)
@@ -113,7 +119,7 @@ class CheckpointFiles:
             raise WeightsNotFoundError(
                 f"could not get {filename} for {self.tag!r}: it is not a local directory, not in the HF cache "
                 f"({hub_constants.HF_HUB_CACHE}), and the hub could not be reached ({type(err).__name__}: {err}). "
-                f"Set HF_HUB_OFFLINE=1 to fail fast, pass a local directory, or {OFFLINE_HINT}"
+                f"Set HF_HUB_OFFLINE=1 to fail fast, pass a local directory, or {self.hint}"
             ) from err
 
 
@@ -149,13 +155,29 @@ def resolve(tag: str, weights: WeightsMode, revision: str | None = None, config_
         return EncoderSource(tag, family, card.encoder_config, features, None, card.model_config)
     if card is not None and card.hub_id is None:
         raise ValueError(f"card {tag!r} is a test card without weights; use weights='random' with it")
+    if card is None and tag.lower().startswith(CARD_NAMESPACE):
+        raise ValueError(
+            f"no shipped card is named {tag!r}{did_you_mean(tag, all_cards())} (`contaudio cards` lists them)"
+        )
     repo_id = card.hub_id if card is not None else tag
     if repo_id.count("/") != 1 or repo_id.startswith(("/", ".")):
         cards = ", ".join(sorted(all_cards()))
         raise ValueError(
             f"{tag!r} is not a local directory, a hub id (org/name) or a shipped card; shipped cards: {cards}"
         )
-    return _from_files(tag, CheckpointFiles(tag, repo_id=repo_id, revision=revision))
+    hint = RANDOM_HINT if weights in RANDOM_MODES else OFFLINE_HINT
+    return _from_files(tag, CheckpointFiles(tag, repo_id=repo_id, revision=revision, hint=hint))
+
+
+def did_you_mean(name: str, names: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``names`` (case aside), or "".
+
+    >>> did_you_mean("contaudio/TINY-whisper", ["contaudio/tiny-whisper", "openai/whisper-tiny"])
+    "; did you mean 'contaudio/tiny-whisper'?"
+    """
+    by_lower = {candidate.lower(): candidate for candidate in names}
+    close = difflib.get_close_matches(name.lower(), by_lower, n=1, cutoff=0.8)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
 def _from_files(tag: str, files: CheckpointFiles) -> EncoderSource:

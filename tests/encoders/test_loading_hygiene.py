@@ -24,6 +24,7 @@ from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAu
 import contaudio.encoders.loading as loading
 from contaudio import ContinuousAudioIO
 from contaudio.encoders import WeightsNotFoundError, all_cards
+from contaudio.encoders.loading import resolve
 
 
 def load(tag, **kwargs) -> ContinuousAudioIO:
@@ -260,3 +261,29 @@ def test_offline_uncached_hub_id_fails_at_once_and_names_the_way_out(tmp_path, m
     message = str(err.value)
     assert tag in message and "HF_HUB_OFFLINE is set" in message and "weights='random'" in message
     assert calls  # the cache was looked at
+
+
+def test_random_weights_on_an_uncached_hub_id_say_what_they_still_need(tmp_path, monkeypatch) -> None:
+    """weights='random' was passed already: the way out is a shipped card (the config), not weights='random'."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsNotFoundError) as err:
+        resolve("someorg/uncached-model", "random")
+    assert "need the model's config" in str(err.value) and "weights='random'" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("tag", "suggestion"),
+    [
+        ("contaudio/tiny-qwen25-omni", "contaudio/tiny-qwen2.5-omni"),
+        ("contaudio/TINY-WHISPER", "contaudio/tiny-whisper"),
+        ("contaudio/nothing-like-it", None),
+    ],
+)
+def test_a_card_name_that_is_not_shipped_is_named_with_the_closest(tag: str, suggestion: str | None) -> None:
+    """The ``contaudio/`` names are the shipped test cards, never a hub repo: no hub lookup, no download advice."""
+    with pytest.raises(ValueError, match="no shipped card is named") as err:
+        resolve(tag, "random")
+    message = str(err.value)
+    assert (f"did you mean {suggestion!r}" in message) if suggestion else "did you mean" not in message
+    assert "contaudio cards" in message and "hf download" not in message
