@@ -474,6 +474,9 @@ class ContinuousAudioIO(AbsIO):
         DDP/ZeRO see a (zero) gradient for every encoder weight. Returned in
         ``ref_tensor``'s dtype and device. Costs one forward of :func:`dummy_frames` frames (4 for most families).
         """
+        if not (isinstance(ref_tensor, torch.Tensor) and ref_tensor.is_floating_point()):
+            kind = ref_tensor.dtype if isinstance(ref_tensor, torch.Tensor) else type(ref_tensor).__name__
+            raise TypeError(f"ref_tensor must be a floating-point tensor (the LM's input embeddings), got {kind}")
         encoder = self._require_encoder()
         out = self._forward_silence(encoder)
         trainable = [p.reshape(-1)[:1].sum() for p in encoder.parameters() if p.requires_grad]
@@ -661,6 +664,16 @@ def graph_leaves(output: torch.Tensor) -> set[int]:
 
 
 def _unpack(data: Any) -> tuple[Any, Any]:
+    """``(wav, sr)`` -> wav, sr; refuses another shape of input, naming the likely mix-up."""
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"expected a (wav, sample_rate) pair, got {type(data).__name__}")
-    return data[0], data[1]
+    first, second = data
+    if isinstance(second, (np.ndarray, torch.Tensor)) and second.ndim:
+        if isinstance(first, (int, float, np.number)):
+            raise TypeError("got (sample_rate, wav), as scipy.io.wavfile.read returns it: pass (wav, sample_rate)")
+    elif isinstance(first, (int, np.integer)):
+        raise TypeError(
+            f"got {type(data).__name__} {list(data)!r}, not a (wav, sample_rate) pair: for several sample counts pass "
+            "an integer tensor (find_length(torch.tensor(counts)))"
+        )
+    return first, second

@@ -71,6 +71,10 @@ def enc(case_id: str, mel: Any, lengths: Any, error: type[Exception], fragment: 
     return pytest.param("encode_batch", (mel, lengths), Raises(error, fragment), id=case_id)
 
 
+def dummy(case_id: str, ref: Any, error: type[Exception], fragment: str):
+    return pytest.param("dummy_forward", (ref,), Raises(error, fragment), id=case_id)
+
+
 MEL, LENGTHS = mel_batch()
 META = "meta"  # a device whose tensors hold no data: the one "wrong device" a CPU-only machine has
 ERROR_CASES = [
@@ -112,6 +116,7 @@ ERROR_CASES = [
     pre("pre-not-a-tuple", clip(), TypeError, "(wav, sample_rate) pair, got ndarray"),
     pre("pre-3-tuple", (clip(), SR, 1), TypeError, "(wav, sample_rate) pair"),
     pre("pre-dict", {"wav": clip(), "sr": SR}, TypeError, "pair, got dict"),
+    pre("pre-sr-wav-swapped", (SR, clip()), TypeError, "got (sample_rate, wav), as scipy.io.wavfile.read returns it"),
     # ---- find_length
     length("len-float", 1600.0, TypeError, "got float"),
     length("len-negative", -1, ValueError, "must be >= 0, got -1"),
@@ -133,6 +138,8 @@ ERROR_CASES = [
     length("len-pair-python-list", ([0.0] * 4000, SR), TypeError, "got list"),
     length("len-pair-sr-float", (clip(), 16000.0), TypeError, "pass e.g. int(sr)"),
     length("len-pair-1-sample-44k", (clip(1), 44100), ValueError, "empty after resampling"),
+    length("len-pair-swapped", (SR, clip()), TypeError, "pass (wav, sample_rate)"),
+    length("len-list-of-counts", [SR, 2 * SR], TypeError, "for several sample counts pass an integer tensor"),
     # ---- encode_batch: lengths (MEL is [2, 450, 128])
     enc(
         "enc-lengths-size", MEL, torch.tensor([450]), ValueError, "lengths must have shape [2] (one per clip), got (1,)"
@@ -157,6 +164,9 @@ ERROR_CASES = [
     enc("enc-mel-numpy-object", MEL.numpy().astype(object), LENGTHS, TypeError, "got numpy object"),
     enc("enc-mel-meta-device", MEL.to(META), LENGTHS, ValueError, "mel is on the meta device"),
     enc("enc-mel-list", MEL.tolist(), LENGTHS, TypeError, "got list"),
+    # ---- dummy_forward: the LM's input embeddings (their dtype and device)
+    dummy("dummy-none", None, TypeError, "ref_tensor must be a floating-point tensor"),
+    dummy("dummy-int", torch.zeros(2, dtype=torch.long), TypeError, "got torch.int64"),
 ]
 
 
@@ -176,7 +186,7 @@ def test_bad_input_raises_a_clear_error(tiny_io, method: str, args: tuple, expec
 
 def test_the_error_matrix_is_big_enough() -> None:
     methods = {case.values[0] for case in ERROR_CASES}
-    assert methods == {"preprocess", "find_length", "encode_batch"} and len(ERROR_CASES) >= 20
+    assert methods == {"preprocess", "find_length", "encode_batch", "dummy_forward"} and len(ERROR_CASES) >= 20
 
 
 # --------------------------------------------------------------------------- same result
