@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from contaudio.dtypes import DTYPES
+from contaudio.extract.lock import running_ranks
 from contaudio.extract.manifests import MANIFEST_FORMATS, ManifestError, read_manifest
 from contaudio.extract.outputs import merge_summaries, write_outputs
 from contaudio.extract.ranks import resolve_rank
@@ -184,10 +185,18 @@ def extract_index(args: argparse.Namespace) -> None:
     records; files of other world sizes are an earlier run's: ignored, and said so), then one index."""
     if args.into is None and len(args.folders) > 1:
         usage_error("several folders: say where their common index goes with --into")
+    unfinished = []
     for folder in args.folders:
         if not folder.is_dir():
             usage_error(f"{folder} is not a folder: pass extract output folders")
-        world_size = (read_meta(folder) or {}).get("world_size")
+        if running := running_ranks(folder):
+            usage_error(f"{folder} is still being written by {'; '.join(running)}: run extract-index when every "
+                        "rank has finished")  # fmt: skip
+        meta = read_meta(folder)
+        if meta is None and not any(path for stem in LENGTH_PARTS for path in folder.glob(f"{stem}*.jsonl")):
+            usage_error(f"{folder} holds no extract output (no meta.json, lengths or errors files): pass the --out "
+                        "folder of an extract run")  # fmt: skip
+        world_size = (meta or {}).get("world_size")
         for stem in LENGTH_PARTS:
             try:
                 merged, ignored = merge_parts(folder, stem, world_size)
@@ -200,6 +209,8 @@ def extract_index(args: argparse.Namespace) -> None:
                       f"folder's plan: {world_size} rank(s)): {', '.join(p.name for p in ignored)}")  # fmt: skip
         if (summary := merge_summaries(folder, world_size)) is not None:
             print(f"wrote {summary}")
+            if missing := json.loads(summary.read_text(encoding="utf-8"))["missing_ranks"]:
+                unfinished.append(f"{folder}: rank(s) {missing} of {world_size} have not finished")
     if any(finished_shards(folder) for folder in args.folders):
         into = args.into or args.folders[0]
         try:
@@ -208,3 +219,7 @@ def extract_index(args: argparse.Namespace) -> None:
             usage_error(str(err))
         for path in write_outputs(args.folders, into, stats=args.stats):
             print(f"wrote {path}")
+    if unfinished:  # what was written covers the finished ranks only
+        print(f"error: {'; '.join(unfinished)} (no summary of theirs): the index covers the other ranks only; run "
+              "the missing ranks (a rerun resumes), then extract-index again", file=sys.stderr)  # fmt: skip
+        raise SystemExit(1)

@@ -63,6 +63,11 @@ def _held_by_other(path: Path) -> bool:
     return False
 
 
+def running_ranks(directory: Path) -> list[str]:
+    """The extract runs writing into ``directory`` now (their lock held), each as :func:`holder_text` says it."""
+    return [holder_text(holder_info(path)) for path in sorted(directory.glob(LOCK_GLOB)) if _held_by_other(path)]
+
+
 def _acquire(fd: int) -> bool:
     for attempt in range(ACQUIRE_TRIES):
         try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import resource
 import sys
@@ -125,9 +126,12 @@ class ExtractOptions:
         if self.store_dtype != STORE_SAME and self.store_dtype not in DTYPES:
             names = ", ".join(DTYPES)
             raise RefusedError(f"store_dtype must be {STORE_SAME!r} or one of {names}, got {self.store_dtype!r}")
-        if (self.workers or 0) < 0 or self.verify < 0 or self.shard_mb <= 0 or (self.max_errors or 0) < 0:
-            raise RefusedError(f"workers, verify and max_errors must be >= 0 and shard_mb > 0, got {self.workers}, "
-                               f"{self.verify}, {self.max_errors}, {self.shard_mb}")  # fmt: skip
+        if (self.workers or 0) < 0 or self.verify < 0 or (self.max_errors or 0) < 0:
+            raise RefusedError(f"workers, verify and max_errors must be >= 0, got {self.workers}, {self.verify}, "
+                               f"{self.max_errors}")  # fmt: skip
+        if not (math.isfinite(self.shard_mb) and self.shard_mb > 0) or self.max_frames < 1 or self.max_clips < 1:
+            raise RefusedError(f"shard_mb must be a finite size > 0 and max_frames, max_clips >= 1, got "
+                               f"{self.shard_mb}, {self.max_frames}, {self.max_clips}")  # fmt: skip
         if self.verify and self.mode != "features":
             raise RefusedError("--verify re-encodes stored features: use it with --mode features (extract.mode="
                                "features); lengths mode stores none")  # fmt: skip

@@ -203,9 +203,9 @@ def shard_metadata(path: Path) -> dict[str, str]:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as err:  # a file that is not a safetensors shard (safetensors raises several types)
-        raise ValueError(f"{path} is not a readable safetensors shard ({err}); delete it and rerun") from err
+        raise RefusedError(f"{path} is not a readable safetensors shard ({err}); delete it and rerun") from err
     if metadata.get("format") != FORMAT or INDEX_KEY not in metadata:
-        raise ValueError(f"{path} is not a contaudio feature shard (no {INDEX_KEY!r} in its header)")
+        raise RefusedError(f"{path} is not a contaudio feature shard (no {INDEX_KEY!r} in its header)")
     return metadata
 
 
@@ -417,6 +417,8 @@ def prepare_output(
                 "index entry names its config_hash)"
             )
         log.warning("allow_mixed=true: adding features of config %s beside %s in %s", digest, first_hash, directory)
+    for shard in shards:  # headers only: a damaged shard is refused (with the fix) before an encoder is built
+        shard_metadata(shard)
     if meta and meta.get("contaudio_version") != version:
         log.warning("%s was written by contaudio %s; this is %s", directory, meta.get("contaudio_version"), version)
     if digest not in configs or (meta or {}).get("world_size") != world_size:

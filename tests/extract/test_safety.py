@@ -129,6 +129,27 @@ def test_extract_index_merges_only_the_current_plans_ranks(corpus, tmp_path, cap
     assert "ignored 2 lengths file(s)" in printed and "lengths-r0001-of-0002.jsonl" in printed
 
 
+def test_extract_index_says_when_ranks_are_missing_or_still_running(corpus, tmp_path, capsys) -> None:
+    """Two of three ranks done: the index covers them, and the command says which rank is missing (exit 1); a rank
+    still writing (its lock held) is refused at once, naming it (exit 2); a folder without output is refused."""
+    for rank in range(2):
+        main(["extract", str(corpus.manifest), "--out", str(tmp_path), "--mode", "lengths", "--rank", str(rank),
+              "--world-size", "3", *TINY])  # fmt: skip
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract-index", str(tmp_path)])
+    assert exit_info.value.code == 1 and "rank(s) [2] of 3 have not finished" in capsys.readouterr().err
+    assert json.loads((tmp_path / "summary.json").read_text())["missing_ranks"] == [2]
+    with rank_lock(tmp_path, 2, 3), pytest.raises(SystemExit) as exit_info:
+        main(["extract-index", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "still being written by pid" in err and "rank 2 of 3" in err
+    (empty := tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract-index", str(empty)])
+    assert exit_info.value.code == 2 and "holds no extract output" in capsys.readouterr().err
+
+
 # 5 --------------------------------------------------------------------------------------------------------------
 def test_shards_get_the_permissions_of_the_other_outputs(corpus, tmp_path) -> None:
     before = os.umask(0o002)
@@ -208,6 +229,10 @@ def test_a_run_where_every_clip_fails_exits_non_zero(corpus, tmp_path, capsys, m
         ("card_without_random_weights", "test card without weights; use weights='random'"),
         ("another_configuration", "another configuration"),
         ("hidden_states", "extract stores one [T, D] matrix per clip; returns='hidden_states'"),
+        ("damaged_shard", "is not a readable safetensors shard"),
+        ("max_clips_0", "max_frames, max_clips >= 1, got 512.0, 48000, 0"),
+        ("shard_mb_nan", "shard_mb must be a finite size > 0"),
+        ("shard_mb_inf", "shard_mb must be a finite size > 0"),
     ],
 )
 def test_refusals_are_one_line_before_the_encoder(corpus, extracted, tmp_path, capsys, no_encoder, case, fragment):
@@ -224,6 +249,13 @@ def test_refusals_are_one_line_before_the_encoder(corpus, extracted, tmp_path, c
         extra = ["--store-dtype", "bf16"]
     elif case == "hidden_states":
         extra = ["--returns", "hidden_states", "--layers", "-1"]
+    elif case == "damaged_shard":
+        shutil.copytree(extracted, out)
+        os.truncate(finished_shards(out)[0], 1000)
+    elif case == "max_clips_0":
+        extra = ["--max-clips", "0"]
+    elif case.startswith("shard_mb"):
+        extra = ["--shard-mb", case.removeprefix("shard_mb_")]
     tiny = [a for a in TINY if a not in ("--weights", "random")] if case.startswith("card") else TINY
     with pytest.raises(SystemExit) as exit_info:
         main(["extract", str(corpus.manifest), "--out", str(out), *tiny, *extra])
