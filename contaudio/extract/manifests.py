@@ -98,7 +98,7 @@ def read_manifest(
         clips = clips_from_kaldi(*kaldi_files(Path(source), segments), allow_pipes=allow_pipes)
     else:
         clips = clips_from_jsonl(Path(source))
-    check_unique_ids(clips, str(source))
+    check_ids(clips, str(source))
     return clips
 
 
@@ -132,8 +132,16 @@ def detect_format(source: str | Path) -> str:
     )
 
 
-def check_unique_ids(clips: list[Clip], source: str) -> None:
-    """Raise when two clips share an id (their outputs would overwrite each other)."""
+def check_ids(clips: list[Clip], source: str) -> None:
+    """Raise when an id cannot be written as text (a lone surrogate: a file name that is not UTF-8, or ``"\\ud800"``
+    in JSON; a NUL) or two clips share one (their outputs would overwrite each other)."""
+    unwritable = [clip for clip in clips if "\0" in clip.id or not encodes(clip.id)]
+    if unwritable:
+        shown = ", ".join(f"{c.id!a} ({c.where}: {c.path!a})" for c in unwritable[:6])
+        raise ManifestError(
+            f"{source}: {len(unwritable)} clip id(s) cannot be written as UTF-8 text: {shown}; rename the files (for "
+            "a folder or glob the id is the file's path) or give every clip an id in a JSONL manifest"
+        )
     counts = Counter(clip.id for clip in clips)
     duplicates = [clip for clip in clips if counts[clip.id] > 1]
     if duplicates:
@@ -142,6 +150,19 @@ def check_unique_ids(clips: list[Clip], source: str) -> None:
             f"{source}: {len(duplicates)} clips share an id with another: {shown}; every clip needs a unique id "
             "(for a folder input the id is the path without its extension: a.wav beside a.flac clash)"
         )
+
+
+def encodes(text: str) -> bool:
+    """Whether ``text`` is valid Unicode for UTF-8 (no lone surrogate).
+
+    >>> encodes("utt-é"), encodes("x\\udcff")
+    (True, False)
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- JSONL
@@ -158,6 +179,8 @@ def parse_jsonl_clip(line: str, where: str) -> Clip:
     missing = [key for key in ("id", "path") if key not in item]
     if missing:
         raise ManifestError(f"{where}: missing {' and '.join(missing)}; each line needs id and path: {line[:80]!r}")
+    if not isinstance(item["id"], str):
+        raise ManifestError(f"{where}: id must be a string, got {type(item['id']).__name__} {item['id']!r}: quote it")
     start = _seconds(item.get("start", 0.0), "start", where)
     duration = None
     if item.get("end") is not None:
@@ -168,7 +191,7 @@ def parse_jsonl_clip(line: str, where: str) -> Clip:
         raise ManifestError(f"{where}: the segment has no length (start {start} s, duration {duration:g} s)")
     channel = item.get("channel")
     channels = None if channel is None else tuple(channel) if isinstance(channel, list) else (int(channel),)
-    return Clip(str(item["id"]), str(item["path"]), start, duration, channels, where)
+    return Clip(item["id"], str(item["path"]), start, duration, channels, where)
 
 
 def clips_from_jsonl(path: Path) -> list[Clip]:
@@ -350,7 +373,11 @@ def clips_from_glob(pattern: str) -> list[Clip]:
         root, files = path.parent, [path]
     else:
         root = glob_root(pattern)
-        files = [Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(p)]
+        files = [
+            Path(p)
+            for p in sorted(glob.glob(pattern, recursive=True))
+            if os.path.isfile(p) and Path(p).suffix.lower() in AUDIO_EXTENSIONS
+        ]  # as for a folder
     if not files:
         raise ManifestError(f"no audio files match {pattern!r} (extensions {', '.join(sorted(AUDIO_EXTENSIONS))})")
     return [Clip(file.relative_to(root).with_suffix("").as_posix(), str(file), where=pattern) for file in files]

@@ -62,6 +62,7 @@ from contaudio.extract.shards import (
     config_hash,
     done_ids,
     failed_records,
+    json_line,
     next_seq,
     part_suffix,
     prepare_output,
@@ -200,7 +201,7 @@ class ErrorLog:
 
     def extend(self, records: Sequence[dict[str, Any]]) -> None:
         for record in records:
-            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._handle.write(json_line(record))
             self.count += 1
             self.by_stage[record["stage"]] = self.by_stage.get(record["stage"], 0) + 1
         if records:

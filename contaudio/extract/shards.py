@@ -126,15 +126,31 @@ def publish(temporary: Path, final: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` through a temporary file and a rename (encoded first: a failure leaves no file)."""
+    data = text.encode("utf-8")
     temporary = path.with_name(f"{TEMP_PREFIX}{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
+    temporary.write_bytes(data)
     publish(temporary, path)
     return path
 
 
+def json_line(record: Mapping[str, Any]) -> str:
+    """One JSON line, non-ASCII text as it is; escaped where it is no valid UTF-8 (a path Python decoded from a name
+    that is not: a lone surrogate), so the line can always be written.
+
+    >>> json_line({"path": "é"}), json_line({"path": "x\\udcff.wav"})
+    ('{"path": "é"}\\n', '{"path": "x\\\\udcff.wav"}\\n')
+    """
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(record)
+    return text + "\n"
+
+
 def write_jsonl_atomic(path: Path, records: Iterable[Mapping[str, Any]]) -> Path:
-    return write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return write_text_atomic(path, "".join(json_line(r) for r in records))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -43,6 +44,10 @@ def test_jsonl_start_end_duration_and_channel(tmp_path) -> None:
         ('{"id": "a", "path": "x.wav", "start": "soon"}', "start must be a number"),
         ('{"id": "a", "path": "x.wav", "start": 2, "end": 1}', "no length"),
         ("[1, 2]", "expected an object"),
+        ('{"id": null, "path": "x.wav"}', "id must be a string, got NoneType None"),  # it became the id 'None'
+        ('{"id": 5, "path": "x.wav"}', "id must be a string, got int 5: quote it"),
+        ('{"id": "\\ud800", "path": "x.wav"}', r"cannot be written as UTF-8 text: '\\ud800'"),
+        ('{"id": "a\\u0000b", "path": "x.wav"}', r"cannot be written as UTF-8 text: 'a\\x00b'"),
     ],
 )
 def test_malformed_jsonl_names_file_and_line(tmp_path, line: str, fragment: str) -> None:
@@ -112,6 +117,18 @@ def test_folder_and_glob(files) -> None:
     assert [c.id for c in read_manifest(f"{files}/**/*.wav")] == ["r1", "sub/r3"]
     with pytest.raises(ManifestError, match="no audio files"):
         read_manifest(f"{files}/*.mp3")
+    assert [c.id for c in read_manifest(f"{files}/*")] == ["r1", "r2"]  # a glob keeps audio only, as a folder does
+    with pytest.raises(ManifestError, match="no audio files"):
+        read_manifest(f"{files}/*.txt")
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_naming_it(files) -> None:
+    """Its id (the name, surrogate-escaped by Python) could be written into no JSON or safetensors header."""
+    name = os.fsdecode(b"x\xff.wav")
+    soundfile.write(files / "r1.wav", np.zeros(1600, np.float32), 16000)
+    (files / name).write_bytes((files / "r1.wav").read_bytes())
+    with pytest.raises(ManifestError, match=r"1 clip id\(s\) cannot be written as UTF-8 text: 'x\\udcff'"):
+        read_manifest(files)
 
 
 def test_one_file_as_a_glob(files) -> None:

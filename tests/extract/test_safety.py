@@ -71,6 +71,18 @@ def test_any_id_is_stored_safely(corpus, tmp_path) -> None:
     assert not torch.equal(store["c000000"], store["format"])  # an id equal to a generated key is still its own clip
 
 
+def test_a_path_that_is_no_utf8_is_recorded_escaped(corpus, tmp_path) -> None:
+    """A file Python can only name with a lone surrogate (``"\\udcff"`` in JSON, or a glob's non-UTF-8 name) that
+    fails is written escaped into errors.jsonl (the run crashed writing it, leaving the file empty)."""
+    manifest = tmp_path / "m.jsonl"
+    bad = {"id": "bad", "path": str(tmp_path / "missing-\udcff.wav")}
+    manifest.write_text(json.dumps(bad) + "\n" + json.dumps({"id": "ok", "path": str(corpus.root / "a.wav")}) + "\n")
+    options = ExtractOptions(out=tmp_path / "out", mode="lengths", workers=0)
+    summary = run_extract(read_manifest(manifest), TINY_KWARGS, options, SINGLE)
+    assert summary["clips_ok"] == 1 and summary["errors"] == 1
+    assert [(r["id"], r["path"]) for r in read_jsonl(tmp_path / "out" / "errors.jsonl")] == [("bad", bad["path"])]
+
+
 # 2 --------------------------------------------------------------------------------------------------------------
 def test_a_second_run_on_the_same_slice_is_refused_naming_the_first(corpus, tmp_path, capsys, no_encoder) -> None:
     out = tmp_path / "out"
