@@ -17,7 +17,14 @@ from contaudio.extract.manifests import MANIFEST_FORMATS, ManifestError, read_ma
 from contaudio.extract.outputs import merge_summaries, write_outputs
 from contaudio.extract.ranks import resolve_rank
 from contaudio.extract.run import MODES, STORE_SAME, ExtractOptions, run_extract
-from contaudio.extract.shards import RefusedError, finished_shards, merge_parts, read_meta, write_index
+from contaudio.extract.shards import (
+    RefusedError,
+    check_output_folder,
+    finished_shards,
+    merge_parts,
+    read_meta,
+    write_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +192,15 @@ def extract_index(args: argparse.Namespace) -> None:
     records; files of other world sizes are an earlier run's: ignored, and said so), then one index."""
     if args.into is None and len(args.folders) > 1:
         usage_error("several folders: say where their common index goes with --into")
+    if missing := [folder for folder in args.folders if not folder.is_dir()]:
+        usage_error(f"{missing[0]} is not a folder: pass extract output folders")
+    try:
+        for folder in [*args.folders, *([args.into] if args.into else [])]:
+            check_output_folder(folder)  # every merge writes into it (--into is created if missing)
+    except RefusedError as err:
+        usage_error(str(err))
     unfinished = []
     for folder in args.folders:
-        if not folder.is_dir():
-            usage_error(f"{folder} is not a folder: pass extract output folders")
         if running := running_ranks(folder):
             usage_error(f"{folder} is still being written by {'; '.join(running)}: run extract-index when every "
                         "rank has finished")  # fmt: skip

@@ -275,21 +275,35 @@ def test_refusals_are_one_line_before_the_encoder(corpus, extracted, tmp_path, c
     assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err
 
 
-def test_a_read_only_output_folder_is_refused(corpus, tmp_path, capsys, monkeypatch) -> None:
-    """A folder this process cannot write into (as on a read-only mount; root ignores mode bits, so the
-    write is made to fail the way the kernel fails it there)."""
-    out = tmp_path / "ro"
-    out.mkdir()
+def make_read_only(folder: Path, monkeypatch) -> None:
+    """Writes into ``folder`` fail as on a read-only mount (root ignores mode bits, so the write is made to fail the
+    way the kernel fails it there)."""
     write_bytes = Path.write_bytes
 
     def read_only(path: Path, data: bytes) -> int:
-        if path.parent == out:
+        if path.parent == folder:
             raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return write_bytes(path, data)
 
     monkeypatch.setattr(Path, "write_bytes", read_only)
+
+
+def test_a_read_only_output_folder_is_refused(corpus, tmp_path, capsys, monkeypatch) -> None:
+    """A folder this process cannot write into (:func:`make_read_only`)."""
+    out = tmp_path / "ro"
+    out.mkdir()
+    make_read_only(out, monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         main(["extract", str(corpus.manifest), "--out", str(out), *TINY])
+    assert exit_info.value.code == 2 and "cannot write into the output folder" in capsys.readouterr().err
+
+
+def test_extract_index_on_a_read_only_folder_is_refused(extracted, tmp_path, capsys, monkeypatch) -> None:
+    out = tmp_path / "ro"
+    shutil.copytree(extracted, out)
+    make_read_only(out, monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract-index", str(out)])
     assert exit_info.value.code == 2 and "cannot write into the output folder" in capsys.readouterr().err
 
 
