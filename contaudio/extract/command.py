@@ -148,6 +148,9 @@ def extract(args: argparse.Namespace) -> None:
     if options.mode == "features" and rank.world_size == 1:
         for path in write_outputs([args.out], args.out, stats=args.stats, config_hash=summary.get("config_hash")):
             log.info("wrote %s", path)
+    elif args.stats and options.mode == "features":
+        log.warning("--stats: feats_stats.npz covers every rank: write it with `extract-index %s --stats` when all "
+                    "%d ranks have finished", args.out, rank.world_size)  # fmt: skip
     print(json.dumps(summary, indent=2))
     problems = [summary["failure"]] if summary.get("failure") else []
     if summary.get("verify") and not summary["verify"]["passed"]:

@@ -98,6 +98,8 @@ def read_manifest(
         clips = clips_from_kaldi(*kaldi_files(Path(source), segments), allow_pipes=allow_pipes)
     else:
         clips = clips_from_jsonl(Path(source))
+    if not clips:
+        raise ManifestError(f"{source} lists no clips: nothing to extract")
     check_ids(clips, str(source))
     return clips
 

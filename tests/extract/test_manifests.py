@@ -58,6 +58,12 @@ def test_malformed_jsonl_names_file_and_line(tmp_path, line: str, fragment: str)
     assert f"{manifest}:2" in str(err.value)
 
 
+def test_an_empty_manifest_is_refused_as_an_empty_folder_is(tmp_path) -> None:
+    (manifest := tmp_path / "m.jsonl").write_text("\n")
+    with pytest.raises(ManifestError, match="lists no clips"):
+        read_manifest(manifest)
+
+
 def test_duplicate_ids_are_refused(tmp_path) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"id": "a", "path": "x.wav"}\n{"id": "a", "path": "y.wav"}\n')

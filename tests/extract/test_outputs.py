@@ -72,13 +72,15 @@ def test_store_lhotse_and_scp_agree(extracted, tmp_path) -> None:
     assert Path(shard).is_absolute() and key == store.entry("a")["key"]
 
 
-def test_cli_ranks_in_bf16_then_index_writes_every_output(corpus, tmp_path, capsys) -> None:
+def test_cli_ranks_in_bf16_then_index_writes_every_output(corpus, tmp_path, capsys, caplog) -> None:
     """Two ranks store bf16; extract-index --stats writes the outputs (Lhotse widens to fp32, exactly) and one
     summary over the ranks, keeping theirs."""
     for rank in (0, 1):
         main(["extract", str(corpus.manifest), "--out", str(tmp_path), "--workers", "0", "--store-dtype", "bf16",
-              "--rank", str(rank), "--world-size", "2", "--no-progress", *TINY])  # fmt: skip
+              "--rank", str(rank), "--world-size", "2", "--no-progress", "--stats", *TINY])  # fmt: skip
     assert not (tmp_path / CUTS_FILE).exists()  # a rank alone writes no outputs: extract-index does
+    assert not (tmp_path / STATS_FILE).exists()  # --stats on a rank says where the stats come from
+    assert f"extract-index {tmp_path} --stats` when all 2 ranks have finished" in caplog.text
     main(["extract-index", str(tmp_path), "--stats"])
     store = FeatureStore(tmp_path)
     assert {e["dtype"] for e in map(store.entry, store)} == {"bfloat16"}
