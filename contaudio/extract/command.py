@@ -113,6 +113,8 @@ def add_extract_commands(sub: argparse._SubParsersAction, add_encoder_arguments:
     idx.add_argument("folders", nargs="+", type=Path, help="extract output folders")
     idx.add_argument("--into", type=Path, default=None, help="write one index over every folder here")
     idx.add_argument("--stats", action="store_true", help="also write feats_stats.npz (reads every stored tensor)")
+    idx.add_argument("--config-hash", default=None, help="a folder holding several configurations (--allow-mixed): "
+                     "write the cuts, lists and stats of this one (meta.json lists them)")  # fmt: skip
     idx.set_defaults(func=extract_index)
 
 
@@ -232,7 +234,7 @@ def extract_index(args: argparse.Namespace) -> None:
             print(f"wrote {write_index(args.folders, into)}")
         except ValueError as err:
             usage_error(str(err))
-        for path in write_outputs(args.folders, into, stats=args.stats):
+        for path in write_outputs(args.folders, into, stats=args.stats, config_hash=args.config_hash):
             print(f"wrote {path}")
     if unfinished:  # what was written covers the finished ranks only
         print(f"error: {'; '.join(unfinished)} (no summary of theirs): the index covers the other ranks only; run "

@@ -191,7 +191,8 @@ def write_outputs(
     try:
         store = FeatureStore(list(folders), config_hash=config_hash)
     except (ValueError, FileNotFoundError) as err:
-        log.warning("no Lhotse cuts, feats.scp or stats written: %s", err)
+        log.warning("no Lhotse cuts, feats.scp or stats written (those in the folder, if any, are from before): %s; "
+                    "`extract-index --config-hash H` writes them for one configuration", err)  # fmt: skip
         return []
     if not len(store):
         return []

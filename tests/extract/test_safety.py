@@ -21,6 +21,7 @@ from contaudio.cli import main
 from contaudio.extract import ExtractOptions, RankInfo, read_manifest, run_extract, write_index
 from contaudio.extract import run as extract_run
 from contaudio.extract.lock import rank_lock
+from contaudio.extract.outputs import FEATS_SCP, read_feats_scp
 from contaudio.extract.probe import ClipError
 from contaudio.extract.shards import INDEX_FILE, META_FILE, finished_shards, read_jsonl
 
@@ -125,6 +126,11 @@ def test_allow_mixed_encodes_the_new_configuration(extracted, corpus, tmp_path) 
     new = FeatureStore(out, config_hash=summary["config_hash"])
     assert len(new) == len(corpus.good_ids) and {new[i].dtype for i in new} == {torch.bfloat16}
     assert run_extract(corpus.clips(), TINY_KWARGS, mixed, SINGLE)["clips_skipped_done"] == len(corpus.good_ids)
+    main(["extract-index", str(out), "--config-hash", summary["config_hash"]])  # the lists of one configuration
+    listed = read_feats_scp(out / FEATS_SCP)
+    assert set(listed) == set(new) and {Path(shard).name for shard, _ in listed.values()} == {
+        new.entry(i)["shard"] for i in new
+    }
 
 
 # 4 --------------------------------------------------------------------------------------------------------------
