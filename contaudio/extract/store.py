@@ -40,7 +40,8 @@ def folder_entries(path: Path) -> list[dict[str, Any]]:
     if index.is_file():
         entries = read_jsonl(index)
         listed = {(folder / e["shard"]).resolve() for e in entries}
-        if path.is_file() or listed >= {s.resolve() for s in shards}:
+        unlisted = [shard for shard in shards if shard.resolve() not in listed]
+        if path.is_file() or not any(shard_entries(shard) for shard in unlisted):  # (a shard of failures lists none)
             return [{**e, "path": folder / e["shard"]} for e in drop_duplicates(entries, folder)]
         log.info("%s does not list every shard in %s (a run in progress, or ranks not merged): reading the shard "
                  "headers; `python -m contaudio extract-index %s` rebuilds it", index, folder, folder)  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import socket
@@ -188,7 +189,7 @@ def test_two_identical_runs_give_identical_shards_numbered_without_gaps(corpus, 
     assert [p.name for p in finished_shards(one)] == [f"shard-r0000-{n:06d}.safetensors" for n in range(7)]
 
 
-def test_an_undecodable_clip_does_not_move_the_plan(corpus, tmp_path, monkeypatch) -> None:
+def test_an_undecodable_clip_does_not_move_the_plan(corpus, tmp_path, monkeypatch, caplog) -> None:
     """A clip that fails to decode inside a finished shard is not retried by a rerun (which redoes only the shards
     the kill lost, byte for byte); --retry-failed puts it after every other shard. Its all-failed shard is
     written, so numbers have no gaps."""
@@ -206,6 +207,9 @@ def test_an_undecodable_clip_does_not_move_the_plan(corpus, tmp_path, monkeypatc
     run_extract(clips, TINY_KWARGS, ExtractOptions(out=reference, **SMALL), SINGLE)
     expected = shard_bytes(reference)
     assert list(expected) == [f"shard-r0000-{n:06d}.safetensors" for n in range(10)]  # k03's shard included
+    with caplog.at_level(logging.INFO, logger="contaudio.extract.store"):
+        assert len(FeatureStore(reference)) == 9
+    assert "does not list every shard" not in caplog.text  # k03's shard holds no clip: the index is whole
     run_extract(clips, TINY_KWARGS, ExtractOptions(out=resumed, **SMALL), SINGLE)
     for shard in finished_shards(resumed)[-4:]:  # a kill lost the last shards
         shard.unlink()
