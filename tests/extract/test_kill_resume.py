@@ -43,14 +43,16 @@ def command(manifest: Path, out: Path) -> list[str]:
 
 
 def run_in_own_group(argv: list[str]) -> None:
-    """The child: its own process group (its data-loader worker dies with it), then the CLI, whose third shard
-    hangs between being written and being renamed: the SIGKILL lands while a shard is half done."""
+    """The child: its own process group (its data-loader worker dies with it), then the CLI, whose third shard and
+    every later one hang between being written and being renamed: the SIGKILL lands while a shard is half done.
+    (By shard number, not by the shards finished so far: the writer threads publish concurrently, and two of them
+    could both count the same number and pass.)"""
     os.setsid()
     torch.set_num_threads(1)
     publish = shards.publish
 
     def stalling_publish(temporary: Path, final: Path) -> None:
-        if final.suffix == ".safetensors" and len(shards.finished_shards(final.parent)) == STALL_AT_SHARD:
+        if (parsed := shards.parse_shard_name(final.name)) and parsed[1] >= STALL_AT_SHARD:
             time.sleep(KILL_TIMEOUT_S)
         publish(temporary, final)
 
