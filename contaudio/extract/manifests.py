@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from contaudio.extract.shards import encodes
+
 ManifestFormat = Literal["auto", "lhotse", "kaldi", "jsonl", "glob"]
 MANIFEST_FORMATS: tuple[str, ...] = ("auto", "lhotse", "kaldi", "jsonl", "glob")
 KALDI_WAV_SCP = "wav.scp"
@@ -152,19 +154,6 @@ def check_ids(clips: list[Clip], source: str) -> None:
             f"{source}: {len(duplicates)} clips share an id with another: {shown}; every clip needs a unique id "
             "(for a folder input the id is the path without its extension: a.wav beside a.flac clash)"
         )
-
-
-def encodes(text: str) -> bool:
-    """Whether ``text`` is valid Unicode for UTF-8 (no lone surrogate).
-
-    >>> encodes("utt-é"), encodes("x\\udcff")
-    (True, False)
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- JSONL

@@ -142,11 +142,20 @@ def json_line(record: Mapping[str, Any]) -> str:
     ('{"path": "é"}\\n', '{"path": "x\\\\udcff.wav"}\\n')
     """
     text = json.dumps(record, ensure_ascii=False)
+    return (text if encodes(text) else json.dumps(record)) + "\n"
+
+
+def encodes(text: str) -> bool:
+    """Whether ``text`` is valid Unicode for UTF-8 (no lone surrogate).
+
+    >>> encodes("utt-é"), encodes("x\\udcff")
+    (True, False)
+    """
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(record)
-    return text + "\n"
+        return False
+    return True
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[Mapping[str, Any]]) -> Path:
