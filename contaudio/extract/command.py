@@ -197,8 +197,15 @@ def extract_index(args: argparse.Namespace) -> None:
     records; files of other world sizes are an earlier run's: ignored, and said so), then one index."""
     if args.into is None and len(args.folders) > 1:
         usage_error("several folders: say where their common index goes with --into")
-    if missing := [folder for folder in args.folders if not folder.is_dir()]:
-        usage_error(f"{missing[0]} is not a folder: pass extract output folders")
+    for folder in args.folders:  # every refusal before anything is written
+        if not folder.is_dir():
+            usage_error(f"{folder} is not a folder: pass extract output folders")
+        if running := running_ranks(folder):
+            usage_error(f"{folder} is still being written by {'; '.join(running)}: run extract-index when every "
+                        "rank has finished")  # fmt: skip
+        if read_meta(folder) is None and not any(p for stem in LENGTH_PARTS for p in folder.glob(f"{stem}*.jsonl")):
+            usage_error(f"{folder} holds no extract output (no meta.json, lengths or errors files): pass the --out "
+                        "folder of an extract run")  # fmt: skip
     try:
         for folder in [*args.folders, *([args.into] if args.into else [])]:
             check_output_folder(folder)  # every merge writes into it (--into is created if missing)
@@ -206,14 +213,7 @@ def extract_index(args: argparse.Namespace) -> None:
         usage_error(str(err))
     unfinished = []
     for folder in args.folders:
-        if running := running_ranks(folder):
-            usage_error(f"{folder} is still being written by {'; '.join(running)}: run extract-index when every "
-                        "rank has finished")  # fmt: skip
-        meta = read_meta(folder)
-        if meta is None and not any(path for stem in LENGTH_PARTS for path in folder.glob(f"{stem}*.jsonl")):
-            usage_error(f"{folder} holds no extract output (no meta.json, lengths or errors files): pass the --out "
-                        "folder of an extract run")  # fmt: skip
-        world_size = (meta or {}).get("world_size")
+        world_size = (read_meta(folder) or {}).get("world_size")
         for stem in LENGTH_PARTS:
             try:
                 merged, ignored = merge_parts(folder, stem, world_size)
