@@ -27,7 +27,7 @@ from contaudio.audio import (
     prepare_waveform,
 )
 from contaudio.dtypes import DtypeChoice, emulation_warning, resolve_dtype
-from contaudio.encoders import FAMILIES, EncoderFamily, EncoderSource, build_encoder, resolve
+from contaudio.encoders import EncoderFamily, EncoderSource, build_encoder, resolve
 from contaudio.encoders.graphs import CudaGraphStacks
 from contaudio.encoders.loading import WeightsMode
 from contaudio.encoders.packed import (
@@ -39,6 +39,7 @@ from contaudio.encoders.packed import (
     stack_runner,
     varlen_attn_available,
 )
+from contaudio.encoders.registry import packed_stack_families
 from contaudio.encoders.windows import LongClipPolicy, check_clip_frames, check_long_clip_policy
 from contaudio.features import FeatureConfig, Featurizer
 from contaudio.features.espnet import EspnetWhisperFeatures
@@ -560,10 +561,10 @@ def check_cuda_graphs(cuda_graphs: bool, family: EncoderFamily, device: torch.de
             "launches to save; drop the option"
         )
     if not family.graph_stack:
-        supported = sorted(name for name, fam in FAMILIES.items() if fam.graph_stack)
         raise ValueError(
             f"cuda_graphs=True: the {family.name} forward does not run its layers through contaudio's packed "
-            f"windowed stack, which is what a graph replays (families that do: {', '.join(supported)}); drop the option"
+            f"windowed stack, which is what a graph replays (families that do: {', '.join(packed_stack_families())}); "
+            "drop the option"
         )
     return CudaGraphStacks()
 

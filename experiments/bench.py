@@ -29,6 +29,7 @@ from contaudio.benchmark import (
     torch_threads,
 )
 from contaudio.encoders.packed import compiled_layers
+from contaudio.encoders.registry import packed_stack_families
 from experiments import config as _config  # noqa: F401  (registers the schema)
 from experiments.common import pad_mels, random_clip, run_experiment
 
@@ -96,6 +97,12 @@ def bench_encode(
     ``bench.compile=<backend>`` our layer stack runs through ``torch.compile(dynamic=True)``.
     """
     b, sr, device = cfg.bench, io.sample_rate, io.device
+    if b.compile and not io.family.graph_stack:
+        raise ValueError(
+            f"bench.compile={b.compile}: the {io.family.name} forward runs its layers as HF's own modules, and "
+            f"contaudio compiles only its packed layer stack (families: {', '.join(packed_stack_families())}); drop "
+            "bench.compile for this encoder"
+        )
     nominal = nominal_peak_flops(torch.cuda.get_device_name(device), io.torch_dtype) if device.type == "cuda" else None
     rows = []
     grid = [(d, n) for d in b.durations_s for n in b.batch_sizes]

@@ -427,6 +427,12 @@ def get_family(name: str) -> EncoderFamily:
         raise KeyError(f"unknown encoder family {name!r}; {known}") from None
 
 
+def packed_stack_families() -> list[str]:
+    """The families whose layers run through contaudio's packed windowed stack (``graph_stack``): what
+    ``cuda_graphs=True`` replays from a graph and ``packed.compiled_layers`` compiles."""
+    return sorted(name for name, family in FAMILIES.items() if family.graph_stack)
+
+
 def family_for_model_type(model_type: str) -> EncoderFamily:
     """The family whose checkpoints carry ``model_type`` in their config.json."""
     for family in FAMILIES.values():

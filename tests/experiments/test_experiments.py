@@ -46,6 +46,19 @@ def test_bench_can_compile_the_layer_stack(tmp_path) -> None:
     assert record["metrics"]["encode"]["1s_x2"]["ours_audio_s_per_s"] > 0
 
 
+def test_bench_compile_is_refused_where_it_would_compile_nothing(tmp_path) -> None:
+    """Whisper runs HF's own layers: a compiled run would have been timed as the eager one, and recorded as compiled."""
+    overrides = [
+        "encoder=tiny_whisper",
+        "bench.compile=eager",
+        "bench.durations_s=[1]",
+        "bench.batch_sizes=[1]",
+        "strict=false",
+    ]
+    record = bench.run(compose_config(["experiment=ci_smoke", f"output_dir={tmp_path}", *overrides]))
+    assert record["status"] == "error" and "contaudio compiles only its packed layer stack" in record["error"]
+
+
 def test_mask_check_passes_with_tiny_and_long_clips(smoke_cfg) -> None:
     record = mask_check.run(smoke_cfg)
     metrics = record["metrics"]
