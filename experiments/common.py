@@ -14,6 +14,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from contaudio import ContinuousAudioIO
@@ -21,6 +22,7 @@ from contaudio.collate import collate_mels
 from contaudio.conformance import Tolerance, tolerance_for
 from contaudio.io import parse_device
 from contaudio.tracking import NullSink, Sink, WandbSink, environment, write_record
+from experiments.config import config_problems
 from experiments.mutations import mutated
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,6 @@ def run_experiment(
     error and does not end a sweep unless ``strict`` is set. ``make_io`` builds the
     ``ContinuousAudioIO`` (default: from ``io_kwargs(cfg)``).
     """
-    reset_torch_state(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     directory = output_dir(cfg)
     record: dict[str, Any] = {
@@ -121,6 +122,9 @@ def run_experiment(
     start = time.perf_counter()
     tables: dict[str, list[dict[str, Any]]] = {}
     try:
+        if problems := config_problems(cfg):
+            raise ValueError(f"bad configuration: {'; '.join(problems)}")
+        reset_torch_state(cfg)
         with mutated(cfg.mutation):
             build_start = time.perf_counter()
             io = make_io(cfg) if make_io else ContinuousAudioIO(**io_kwargs(cfg))
@@ -133,7 +137,10 @@ def run_experiment(
         if metrics.get("passed") is False:
             record["status"] = "failed"
     except Exception as err:
-        log.exception("%s failed", experiment)
+        if isinstance(err, (ValueError, TypeError)):  # a refused value (ours or the library's): it says the fix
+            log.error("%s failed: %s: %s (traceback in the record)", experiment, type(err).__name__, err)
+        else:
+            log.exception("%s failed", experiment)
         record.update(status="error", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         metrics = {}
     record.update(
@@ -159,9 +166,15 @@ def run_experiment(
         if rows and len(rows) <= MAX_PRINTED_ROWS:
             print(f"\n{experiment} / {name}\n{markdown_table(rows)}")
     print(f"{experiment}: {record['status']}" + (f" ({record['error']})" if record["error"] else "") + f" -> {path}")
-    if cfg.strict and record["status"] != "ok":
+    if record["status"] != "ok" and (cfg.strict or single_job()):
         raise CheckFailed(f"{experiment}: {record['status']}: {record['error'] or 'check failed'} (see {path})")
     return record
+
+
+def single_job() -> bool:
+    """Whether Hydra runs this job alone (no ``-m``): a failure then exits non-zero whatever ``strict`` says (only a
+    sweep goes on past a failed job). False outside Hydra (``run(cfg)`` called directly)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
 
 
 def format_value(value: Any) -> str:

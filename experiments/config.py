@@ -5,10 +5,15 @@ Values live in the YAML files (with how to override them); this file holds only 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+TRACKER_KINDS = ("wandb", "none")
+TRACKER_MODES = ("offline", "online", "disabled")
 
 
 @dataclass
@@ -123,6 +128,56 @@ class Config:
     strict: bool = False
     output_dir: str | None = None
     mutation: str | None = None
+
+
+def at_least(low: float) -> Callable[[Any], bool]:
+    return lambda value: value >= low
+
+
+def above(low: float) -> Callable[[Any], bool]:
+    return lambda value: value > low
+
+
+def non_empty_list(each: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda values: len(values) > 0 and all(each(v) for v in values)
+
+
+# (key, test, what it must be): the values the types above cannot rule out, checked before a job builds anything
+VALUE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("seed", at_least(0), "an integer >= 0"),
+    ("device.threads", lambda v: v is None or v >= 1, "null or a thread count >= 1"),
+    ("tracker.kind", lambda v: v in TRACKER_KINDS, " or ".join(TRACKER_KINDS)),
+    ("tracker.mode", lambda v: v in TRACKER_MODES, ", ".join(TRACKER_MODES)),
+    ("bench.durations_s", non_empty_list(above(0)), "a non-empty list of clip lengths > 0 s"),
+    ("bench.batch_sizes", non_empty_list(at_least(1)), "a non-empty list of batch sizes >= 1"),
+    ("bench.preprocess_durations_s", lambda v: all(x > 0 for x in v), "a list of clip lengths > 0 s"),
+    ("bench.preprocess_clips", at_least(1), ">= 1"),
+    ("bench.warmup", at_least(0), ">= 0"),
+    ("bench.repeats", at_least(1), ">= 1"),
+    ("bench.gemm_size", at_least(0), ">= 0 (0: no GEMM probe)"),
+    ("mask_check.num_batches", at_least(1), ">= 1"),
+    ("mask_check.batch_size", at_least(1), ">= 1"),
+    ("mask_check.max_duration_s", above(0), "> 0 s"),
+    ("mask_check.long_clip_s", at_least(0), ">= 0 s (0: no long clip)"),
+    ("length_check.m_min", at_least(1), ">= 1 (mel frames)"),
+    ("length_check.batch_size", at_least(1), ">= 1"),
+    ("length_check.random_n", at_least(0), ">= 0"),
+    ("length_check.max_random_s", above(0), "> 0 s"),
+    ("length_check.edge_hops", lambda v: all(x >= 0 for x in v), "a list of hop counts >= 0"),
+)
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    """What is wrong with ``cfg``'s values, each naming its key and what it must be (empty: nothing). A check that
+    could run on nothing (an empty list, an empty range) is a problem too: it would pass having checked nothing."""
+    problems = []
+    for key, test, must in VALUE_RULES:
+        value = OmegaConf.select(cfg, key)
+        if not test(value):
+            problems.append(f"{key} must be {must}, got {value!r}")
+    if (low := cfg.length_check.m_min) > (high := cfg.length_check.m_max):
+        problems.append(f"length_check.m_max must be >= length_check.m_min, got {high} < {low} (no length to check)")
+    return problems
 
 
 def register_configs() -> None:

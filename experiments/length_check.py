@@ -87,7 +87,8 @@ def sample_counts(cfg: DictConfig, io: ContinuousAudioIO, rng: np.random.Generat
     wavs = [random_clip(rng, n) for n in sizes]
     pre = [io.preprocess((wav, sr)) for wav in tqdm(wavs, desc="preprocess", leave=False, disable=None)]
     encoded = encoded_rows(io, [p[1][1] for p in pre], c.batch_size)
-    vectorised = io.find_length(None, before_length=torch.tensor([p[1][1].shape[0] for p in pre])).tolist()
+    frames = torch.tensor([p[1][1].shape[0] for p in pre], dtype=torch.long)  # (long even when empty)
+    vectorised = io.find_length(None, before_length=frames).tolist()
     extractor = io.features.hf_extractor()
     rows = []
     with torch.inference_mode():

@@ -8,6 +8,9 @@ from helpers.hydra_compose import CONF_DIR, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from experiments import bench, common
+from experiments.common import CheckFailed
+from experiments.config import config_problems
 from experiments.length_check import edge_sample_counts
 from experiments.mask_check import clip_lengths
 
@@ -25,6 +28,42 @@ def test_every_config_composes(group: str, name: str) -> None:
     cfg = compose_config([f"{group}={name}"])
     assert cfg.encoder.tag and cfg.dtype.name in ("auto", "bfloat16", "float16", "float32")
     assert cfg.tracker.kind in ("wandb", "none")
+    assert not config_problems(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("bench.batch_sizes=[0]", "bench.batch_sizes must be a non-empty list of batch sizes >= 1, got [0]"),
+        ("bench.batch_sizes=[]", "bench.batch_sizes must be a non-empty list"),  # it passed, having timed nothing
+        ("bench.durations_s=[-1]", "bench.durations_s must be a non-empty list of clip lengths > 0 s"),
+        ("bench.gemm_size=-5", "bench.gemm_size must be >= 0"),
+        ("seed=-1", "seed must be an integer >= 0"),
+        ("device.threads=-1", "device.threads must be null or a thread count >= 1"),
+        ("tracker.kind=foo", "tracker.kind must be wandb or none, got 'foo'"),
+        ("tracker.mode=foo", "tracker.mode must be offline, online, disabled"),
+        ("mask_check.num_batches=0", "mask_check.num_batches must be >= 1"),
+        ("mask_check.max_duration_s=-3", "mask_check.max_duration_s must be > 0 s"),
+        ("length_check.batch_size=0", "length_check.batch_size must be >= 1"),
+        ("length_check.m_min=0", "length_check.m_min must be >= 1 (mel frames)"),
+        ("length_check.m_max=0", "length_check.m_max must be >= length_check.m_min"),
+        ("length_check.random_n=-2", "length_check.random_n must be >= 0"),
+    ],
+)
+def test_values_no_type_rules_out_are_named_with_what_they_must_be(override: str, fragment: str) -> None:
+    assert any(fragment in problem for problem in config_problems(compose_config([override]))), override
+
+
+def test_a_bad_value_is_recorded_and_a_single_job_exits_non_zero(tmp_path, monkeypatch) -> None:
+    """Recorded as the job's error before anything is built (a sweep goes on); run alone (no -m), the job fails
+    whatever strict says: a script or a SLURM chain must not read a failed job as done."""
+    cfg = compose_config(["experiment=ci_smoke", "strict=false", f"output_dir={tmp_path}", "bench.batch_sizes=[0]"])
+    record = bench.run(cfg)
+    assert record["status"] == "error" and "bad configuration: bench.batch_sizes" in record["error"]
+    assert "metrics" in record and not record["metrics"]
+    monkeypatch.setattr(common, "single_job", lambda: True)
+    with pytest.raises(CheckFailed, match="bad configuration"):
+        bench.run(cfg)
 
 
 def test_defaults_are_the_readme_ones() -> None:
