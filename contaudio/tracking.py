@@ -13,7 +13,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,14 +72,16 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
 
 
 def write_record(directory: str | Path, record: dict[str, Any], filename: str = RECORD_FILE) -> Path:
-    """Write ``record`` as JSON into ``directory`` atomically (temp file + rename); return the path."""
+    """Write ``record`` as JSON into ``directory`` atomically (temp file + rename); return the path. The file gets
+    the permissions of the logs beside it (0o666 less the umask; a temporary file's 0o600 kept colleagues out)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / filename
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
-        json.dump(record, handle, indent=2, default=str, allow_nan=True)
-        handle.write("\n")
-    os.replace(handle.name, path)
+    temporary = directory / f".{filename}.tmp-{os.getpid()}"
+    text = json.dumps(record, indent=2, default=str, allow_nan=True) + "\n"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
     return path
 
 

@@ -20,7 +20,19 @@ def test_write_record_is_complete_json(tmp_path) -> None:
     path = write_record(tmp_path / "new", {"a": 1, "nan": float("nan"), "path": Path("x")})
     data = json.loads(path.read_text())
     assert data["a"] == 1 and data["path"] == "x"
-    assert not list((tmp_path / "new").glob("*.tmp"))
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [path.name]  # no temporary file left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_a_record_gets_the_permissions_of_the_files_beside_it(tmp_path, umask: int) -> None:
+    """0o666 less the umask, as the logs beside it (a temporary file's 0o600 kept colleagues out)."""
+    before = os.umask(umask)
+    try:
+        path = write_record(tmp_path, {"a": 1})
+        (log := tmp_path / "job.log").write_text("")
+    finally:
+        os.umask(before)
+    assert path.stat().st_mode & 0o777 == log.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_environment_names_versions_and_hardware() -> None:
