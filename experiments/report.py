@@ -18,18 +18,35 @@ RECORD_GLOB = "record-*.json"
 COLUMNS = (
     "job", "experiment", "status", "encoder", "dtype", "device", "attn", "encode_audio_s_per_s",
     "hf_encode_audio_s_per_s", "encode_speedup", "encode_util_vs_gemm", "encode_mfu", "preprocess_speedup",
-    "max_abs_error", "length_mismatches",
+    "max_abs_error", "length_mismatches", "error",
 )  # fmt: skip
+LABEL_FIELDS = ("encoder", "dtype", "attn", "device")  # a job's plot label: those of them that vary across jobs
 
 
 def load_records(root: Path) -> list[dict[str, Any]]:
     """Every record below ``root``, with the job directory it came from."""
     records = []
-    for path in sorted(root.rglob(RECORD_GLOB)):
+    for path in sorted(root.rglob(RECORD_GLOB), key=lambda p: job_order(p.relative_to(root))):
         record = json.loads(path.read_text())
         record["job_dir"] = str(path.parent.relative_to(root)) or "."
         records.append(record)
     return records
+
+
+def job_order(path: Path) -> tuple[tuple[int, int | str], ...]:
+    """Sort key in job order: numbered folders by number (a sweep's 2 before 10).
+
+    >>> sorted(["10/r.json", "2/r.json", "a/r.json"], key=lambda p: job_order(Path(p)))
+    ['2/r.json', '10/r.json', 'a/r.json']
+    """
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in path.parts)
+
+
+def plot_labels(rows: list[dict[str, Any]]) -> list[str]:
+    """Each row's label: the fields of :data:`LABEL_FIELDS` that differ between the rows (an encoder by its last
+    name part), one per line; all of them when none differ."""
+    varying = [f for f in LABEL_FIELDS if len({r[f] for r in rows}) > 1] or list(LABEL_FIELDS)
+    return ["\n".join(str(r[f]).rsplit("/", 1)[-1] for f in varying) for r in rows]
 
 
 def summarize(record: dict[str, Any]) -> dict[str, Any]:
@@ -38,8 +55,9 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(
         job=",".join(record.get("overrides") or []) or record["job_dir"], experiment=record["experiment"],
-        status=record["status"], encoder=config["encoder"]["tag"], dtype=config["dtype"]["name"],
-        device=config["device"]["name"], attn=config["attn"]["implementation"] or "default",
+        status=record["status"], error=record.get("error"), encoder=config["encoder"]["tag"],
+        dtype=config["dtype"]["name"], device=config["device"]["name"],
+        attn=config["attn"]["implementation"] or "default",
     )  # fmt: skip
     encode = list((metrics.get("encode") or {}).values())
     if encode:
@@ -78,7 +96,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     if bench:
-        labels = [f"{r['dtype']}\n{r['attn']}\n{r['device']}" for r in bench]
+        labels = plot_labels(bench)
         x = range(len(bench))
         axes[0].bar([i - 0.2 for i in x], [r["encode_audio_s_per_s"] for r in bench], 0.4, label="contaudio")
         axes[0].bar([i + 0.2 for i in x], [r["hf_encode_audio_s_per_s"] or 0 for r in bench], 0.4, label="HF reference")
@@ -88,7 +106,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     axes[0].set_title("encode throughput")
     if errors:
         axes[1].bar(range(len(errors)), [r["max_abs_error"] for r in errors])
-        axes[1].set_xticks(range(len(errors)), [f"{r['dtype']}\n{r['attn']}" for r in errors])
+        axes[1].set_xticks(range(len(errors)), plot_labels(errors))
         axes[1].set_yscale("log")
         axes[1].set_ylabel("max |error| (batched vs alone / HF oracle)")
     axes[1].set_title("mask_check max error")
@@ -102,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, help="a Hydra run or multirun directory")
     args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        raise SystemExit(f"{args.root} is not a directory: point at a Hydra run or multirun directory")
     records = load_records(args.root)
     if not records:
         raise SystemExit(f"no {RECORD_GLOB} files under {args.root}; point at a run or multirun directory")
