@@ -129,6 +129,8 @@ def detect_format(source: str | Path) -> str:
         return "jsonl"
     if GLOB_CHARS & set(text) or path.suffix.lower() in AUDIO_EXTENSIONS:  # a pattern, or one audio file
         return "glob"
+    if not path.exists():
+        raise ManifestError(f"{text} does not exist: pass a manifest, a data folder, an audio folder or a glob")
     raise ManifestError(
         f"cannot tell the manifest format of {text!r}: name a Lhotse *.jsonl.gz, a Kaldi wav.scp (or its data "
         "folder), a *.jsonl of {id, path[, start, end]}, a folder, a glob pattern or an audio file, or set the "

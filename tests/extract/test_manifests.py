@@ -150,10 +150,13 @@ def test_detect_format_says_what_it_accepts(tmp_path) -> None:
     assert detect_format(tmp_path) == "glob"
     (tmp_path / "wav.scp").write_text("")
     assert detect_format(tmp_path) == "kaldi"
+    (csv := tmp_path / "clips.csv").write_text("a,b\n")
     with pytest.raises(ManifestError, match="cannot tell the manifest format"):
-        detect_format("clips.csv")
+        detect_format(csv)
     with pytest.raises(ManifestError, match="does not exist"):
         read_manifest(tmp_path / "nope.jsonl")
+    with pytest.raises(ManifestError, match="nope does not exist: pass a manifest"):  # not "cannot tell the format"
+        read_manifest(tmp_path / "nope")
 
 
 def test_pipes_refused_without_the_flag_and_run_with_it(files) -> None:
