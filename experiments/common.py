@@ -93,10 +93,8 @@ def job_name(experiment: str, cfg: DictConfig) -> str:
 
 def make_sink(cfg: DictConfig, experiment: str, config: dict[str, Any], directory: Path) -> Sink:
     tracker = cfg.tracker
-    if tracker.kind == "none" or tracker.mode == "disabled":
+    if tracker.kind == "none" or tracker.mode == "disabled":  # (any other kind is refused before the job runs)
         return NullSink()
-    if tracker.kind != "wandb":
-        raise ValueError(f"unknown tracker kind {tracker.kind!r}; use wandb or none")
     return WandbSink(
         config=config, mode=tracker.mode, project=tracker.project, entity=tracker.entity,
         group=tracker.group or experiment, tags=[experiment, *tracker.tags], name=job_name(experiment, cfg),
